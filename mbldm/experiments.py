@@ -74,6 +74,7 @@ def parse_overrides(items:list[str]|None) -> dict:
 
 # %% ../nbs/04_experiments.ipynb #634029a8
 def _coerce(key, value, default):
+    if value is None: return None  # `null` always means "unset" (e.g. n_train: null = all points)
     if isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
         try: return float(value)
         except ValueError: raise ValueError(f"parameter {key!r} must be a number, got {value!r}") from None
