@@ -11,10 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 
-from .core import atomic_write, read_image
+from .core import read_image, save_tensors, load_tensors
 from .color import rgb_to_ycbcr, ycbcr_to_rgb, pad_to_multiple, crop_to, patchify, unpatchify, all_patches
 from .quantizers import Quantizer, K
 from .tracking import progress
@@ -202,26 +200,18 @@ def state_dict(self:Codec) -> dict:
 def save(self:Codec, path) -> Path:
     "Write the codec to a .safetensors file, atomically."
     meta = {'format': CODEC_FORMAT, 'spec': str(self.spec), 'quantizers': [q.meta for q in self.quantizers]}
-    data = safetensors_bytes(self.state_dict(), metadata={CODEC_META_KEY: json.dumps(meta)})
-    with atomic_write(path, 'wb') as f: f.write(data)
-    return Path(path)
+    return save_tensors(path, self.state_dict(), CODEC_META_KEY, meta)
 
 @patch(cls_method=True)
 def load(cls:Codec, path) -> Codec:
     "Read a codec file written by `Codec.save`."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"codec file {path} does not exist")
+    sd, m = load_tensors(path, CODEC_META_KEY, 'codec file')
     try:
-        with safe_open(str(path), 'pt') as f: meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"{path} is not a codec file (not safetensors: {e})") from None
-    if CODEC_META_KEY not in meta: raise ValueError(f"{path} is not a codec file (no '{CODEC_META_KEY}' metadata)")
-    try:
-        m = json.loads(meta[CODEC_META_KEY])
         if m.get('format') != CODEC_FORMAT: raise ValueError(f"codec format {m.get('format')} (this mbldm reads {CODEC_FORMAT})")
         qs = [Quantizer.from_state_dict({k: sd[f"{n}.{k}"] for k in ('codebooks', 'rotation')}, qm)
               for n, qm in zip(CHANNELS, m['quantizers'])]
         return cls(m['spec'], qs)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e: raise ValueError(f"{path}: broken codec file ({e})") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e: raise ValueError(f"{path}: broken codec file ({e})") from None
 
 # %% ../nbs/11_codec.ipynb #80448d9a
 def pretrained_dir() -> Path:

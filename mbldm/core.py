@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f5567c13
 from __future__ import annotations
-import os, random, secrets, warnings
+import os, json, random, secrets, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -13,8 +13,8 @@ from torch import Tensor
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'SAMPLE_IMAGES', 'default_device', 'seed_everything', 'atomic_write', 'ImageError', 'read_image',
-           'to_uint8', 'write_png', 'sample_image', 'show_images']
+__all__ = ['MAX_PIXELS', 'SAMPLE_IMAGES', 'default_device', 'seed_everything', 'atomic_write', 'save_tensors', 'load_tensors',
+           'ImageError', 'read_image', 'to_uint8', 'write_png', 'sample_image', 'show_images']
 
 # %% ../nbs/00_core.ipynb #e769cdde
 def default_device() -> torch.device:
@@ -48,6 +48,35 @@ def atomic_write(path, # the file to (over)write
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+# %% ../nbs/00_core.ipynb #1f35a49a
+def save_tensors(path, # the .safetensors file to (over)write, atomically
+                 tensors:dict, # name -> tensor (copied to contiguous CPU memory)
+                 key:str|None=None, # header key that says what the file is (e.g. 'mbldm.codec')
+                 meta=None, # JSON-serialisable document stored under `key`
+                ) -> Path:
+    "Write tensors (and a JSON document under `key`) as a safetensors file, atomically."
+    from safetensors.torch import save
+    sd = {k: v.detach().to('cpu').contiguous().clone() for k, v in tensors.items()}
+    data = save(sd, metadata={key: json.dumps(meta)} if key else None)
+    with atomic_write(path, 'wb') as f: f.write(data)
+    return Path(path)
+
+def load_tensors(path, # a .safetensors file
+                 key:str|None=None, # required header key (its JSON document is returned); None: no check
+                 what:str='safetensors file', # what the file should be, for error messages
+                ) -> tuple[dict, object]: # (tensors, the document under `key` or None)
+    "Read a safetensors file written by `save_tensors`; clear errors for missing, foreign or broken files."
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file (expected a {what})")
+    try:
+        with safe_open(str(path), 'pt') as f: header, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e: raise ValueError(f"{path} is not a {what} (not a safetensors file: {e})") from None
+    if key is None: return sd, None
+    if key not in header: raise ValueError(f"{path} is not a {what} (no '{key}' header)")
+    try: return sd, json.loads(header[key])
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: broken '{key}' header ({e})") from None
 
 # %% ../nbs/00_core.ipynb #75726230
 class ImageError(ValueError):

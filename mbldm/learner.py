@@ -12,9 +12,9 @@ import torch
 from torch import nn, Tensor
 import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler, DistributedSampler
-from safetensors.torch import save as st_save, load_file as st_load
+from safetensors.torch import load_file as st_load
 from fastcore.basics import patch
-from .core import atomic_write, seed_everything
+from .core import atomic_write, seed_everything, save_tensors
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'Learner', 'RecorderCB', 'smooth', 'ProgressCB', 'GradClipCB',
@@ -294,8 +294,7 @@ def state_dict(self:Learner) -> dict:
 # %% ../nbs/22_learner.ipynb #a4fcec82
 def save_safetensors(sd:dict, path):
     "Write a state dict as safetensors, atomically (tensors copied to CPU, so tied weights are fine)."
-    with atomic_write(path, 'wb') as f:
-        f.write(st_save({k: v.detach().to('cpu', copy=True).contiguous() for k, v in sd.items()}))
+    return save_tensors(path, sd)
 
 @patch
 def save(self:Learner, path): # the checkpoint folder to create (replaced if it exists)

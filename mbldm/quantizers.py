@@ -11,9 +11,7 @@ import torch
 import faiss
 from torch import Tensor
 from fastcore.basics import patch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
-from .core import atomic_write
+from .core import save_tensors, load_tensors
 
 # %% auto #0
 __all__ = ['K', 'KINDS', 'META_KEY', 'as_vectors', 'train_sample', 'Quantizer', 'pca_projection', 'pca_order',
@@ -237,21 +235,13 @@ def from_state_dict(cls:Quantizer, sd:dict, # tensors from `state_dict`
 @patch
 def save(self:Quantizer, path) -> Path:
     "Write the quantizer to a .safetensors file (atomically)."
-    data = safetensors_bytes(self.state_dict(), metadata={META_KEY: json.dumps(self.meta)})
-    with atomic_write(path, 'wb') as f: f.write(data)
-    return Path(path)
+    return save_tensors(path, self.state_dict(), META_KEY, self.meta)
 
 @patch(cls_method=True)
 def load(cls:Quantizer, path) -> Quantizer:
     "Read a quantizer written by `Quantizer.save`."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"Quantizer.load: no such file {path}")
-    try:
-        with safe_open(str(path), 'pt') as f:
-            meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"Quantizer.load: {path} is not a safetensors file ({e})") from e
-    if META_KEY not in meta: raise ValueError(f"Quantizer.load: {path} has no '{META_KEY}' metadata (not a saved quantizer)")
-    try: return cls.from_state_dict(sd, json.loads(meta[META_KEY]))
+    sd, meta = load_tensors(path, META_KEY, 'saved quantizer')
+    try: return cls.from_state_dict(sd, meta)
     except ValueError as e: raise ValueError(f"Quantizer.load: {path}: {e}") from e
 
 # %% ../nbs/10_quantizers.ipynb #3654a017
