@@ -120,8 +120,9 @@ def _as_batch(x, fn:str) -> Tensor:
     if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"{fn}: expected an image (3, H, W) or batch (B, 3, H, W) (or 1 channel), got shape {tuple(x.shape)}")
     if not x.is_floating_point(): raise TypeError(f"{fn}: expected a float image in [0,1], got {x.dtype}")
     if x.numel() == 0: raise ValueError(f"{fn}: empty image of shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all() or x.min() < -1e-6 or x.max() > 1 + 1e-6:
-        raise ValueError(f"{fn}: pixel values must be finite and in [0,1], got [{x.min().item():.4g}, {x.max().item():.4g}]")
+    lo, hi = torch.aminmax(x)  # one pass; NaN propagates, so the check below also refuses NaN and inf
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
+        raise ValueError(f"{fn}: pixel values must be finite and in [0,1], got [{lo.item():.4g}, {hi.item():.4g}]")
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 @patch

