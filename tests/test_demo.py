@@ -1,0 +1,35 @@
+"""The README's main job (`mbldm demo`) and the shipped codecs it uses."""
+import json
+import torch
+from mbldm.cli import demo
+from mbldm.codec import pretrained_codecs, load_codec
+from mbldm.core import sample_image, read_image
+from mbldm.metrics import psnr
+
+def test_four_table1_codecs_ship_with_the_package():
+    assert pretrained_codecs() == ['OPQ-32-8-8', 'PQ-32-8-8', 'RQ-32-8-8', 'VQ-8-8-8']
+    for s in pretrained_codecs():
+        c = load_codec(s)
+        assert str(c.spec) == s
+        assert all(q.meta['pca_ordered'] for q in c.quantizers), f"{s}: shipped codebooks must be PCA-ordered"
+        assert all(q.meta['n_train_used'] >= 100_000 for q in c.quantizers), f"{s}: trained on too few patches"
+
+def test_shipped_codecs_quality_ordering():
+    "VQ < PQ <= OPQ <= RQ on a held-out image (the McM-trained codecs never saw scikit-image's astronaut)."
+    x = sample_image('astronaut')
+    p = {s: psnr(x, load_codec(s).decode(load_codec(s).encode(x), size=x.shape[-2:])[0], data_range=1.).item()
+         for s in ('VQ-8-8-8', 'PQ-32-8-8', 'OPQ-32-8-8', 'RQ-32-8-8')}
+    assert p['VQ-8-8-8'] < p['PQ-32-8-8'] <= p['OPQ-32-8-8'] + 0.05 and p['OPQ-32-8-8'] <= p['RQ-32-8-8'] + 0.05, p
+    assert p['OPQ-32-8-8'] > 24, p
+
+def test_demo_writes_report(tmp_path):
+    run = demo(tmp_path/'run', images=('coffee',), codecs=('OPQ-32-8-8',), jpeg_qualities=(30, 80))
+    rep = json.loads((run/'report.json').read_text())
+    rows = {r['codec']: r for r in rep['rows']}
+    assert set(rows) == {'OPQ-32-8-8', 'JPEG-q30', 'JPEG-q80'}
+    r = rows['OPQ-32-8-8']
+    assert r['bytes'] == (run/'coffee.OPQ-32-8-8.mbl').stat().st_size
+    assert abs(r['bpp'] - 0.75) < 0.01  # the spec's rate plus a small header
+    x, x_hat = sample_image('coffee'), read_image(run/'coffee.OPQ-32-8-8.png')
+    assert abs(psnr(x, x_hat, data_range=1.).item() - r['psnr_rgb']) < 0.05  # the PNG holds the decoded image (8-bit)
+    for f in ('reconstructions.png', 'rd.png', 'rd_jpeg.json', 'rd_OPQ-32-8-8.json'): assert (run/f).is_file(), f
