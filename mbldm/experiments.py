@@ -120,6 +120,8 @@ def run_experiment(name:str|Path, # shipped experiment name or path to a noteboo
     import papermill as pm
     from mbldm.core import atomic_write
     nb = experiment_path(name)
+    if isinstance(config, (str, Path)) and not Path(config).exists() and (experiments_dir()/config).is_file():
+        config = experiments_dir()/config  # a config shipped next to the experiments, e.g. table1_paper.yaml
     cfg = load_config(config) if isinstance(config, (str, Path)) else (config or {})
     ovr = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     params = resolve_params(nb, cfg, ovr)
