@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('experiment'); r.add_argument('-f', '--config', default=None, help='YAML config')
     r.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override a parameter (repeatable)')
     r.add_argument('--run-dir', default=None)
+    s = sub.add_parser('sample', help='turn a continuous-model checkpoint into images')
+    s.add_argument('checkpoint', help='a checkpoints folder (the newest step is used) or one step_* folder')
+    s.add_argument('-o', '--out', required=True, help='folder for the PNG samples')
+    s.add_argument('-n', '--n', type=int, default=16, help='number of samples (default 16)')
+    s.add_argument('--steps', default=None, help="sampling steps, e.g. 'ddim50' or '100' (default: all T ancestral steps)")
+    s.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
+    s.add_argument('--seed', type=int, default=0)
     sub.add_parser('experiments', help='list the shipped experiments')
     sub.add_parser('codecs', help='list the shipped codecs')
     return p
@@ -112,6 +119,10 @@ def _cmd(a) -> str:
     if a.cmd == 'run':
         from mbldm.experiments import run_experiment
         return f"run folder: {run_experiment(a.experiment, a.config, a.param, a.run_dir)}"
+    if a.cmd == 'sample':
+        from mbldm.continuous import sample_checkpoint
+        paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, seed=a.seed)
+        return f"{len(paths)} samples written to {a.out}"
     if a.cmd == 'experiments':
         from mbldm.experiments import list_experiments
         return '\n'.join(list_experiments())
