@@ -24,7 +24,7 @@ def to_pil(x:Tensor) -> Image.Image:
 
 def from_pil(im:Image.Image) -> Tensor:
     "A (3, H, W) float tensor in [0,1] from a PIL image."
-    return torch.from_numpy(np.asarray(im.convert('RGB'))).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1).float() / 255
 
 def pillow_encode(x:Tensor, # RGB (3, H, W) in [0,1]
                   fmt:str='JPEG', # 'JPEG' or 'WEBP'
