@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 import numpy as np
 import torch
-import faiss
+try: import faiss
+except ImportError: faiss = None  # decoding needs only torch; training and encoding need FAISS (the cpu or gpu extra)
 from torch import Tensor
 from fastcore.basics import patch
 from .core import save_tensors, load_tensors
@@ -110,9 +111,20 @@ def _set_codebooks(self:Quantizer, codebooks, rotation=None, meta=None):
     if tuple(R.shape) != (self.d, self.d): raise ValueError(f"rotation must be ({self.d}, {self.d}), got {tuple(R.shape)}")
     if not (torch.isfinite(cb).all() and torch.isfinite(R).all()): raise ValueError("codebooks/rotation contain NaN or inf")
     self.codebooks, self.rotation, self.meta = cb, R, dict(meta or {})
-    self._enc = _faiss_encoder(self.kind, cb.numpy(), self.beam_size)
-    self._rot = _faiss_rotation(R.numpy()) if self.kind == 'OPQ' else None
+    self._enc = self._rot = None  # FAISS objects are built on first `encode`, so decoding works without FAISS
     return self
+
+def _need_faiss(what:str):
+    if faiss is None: raise ImportError(f"{what} needs FAISS: pip install 'mbldm[cpu]' (faiss-cpu) or 'mbldm[gpu]' (faiss-gpu)")
+
+@patch
+def _encoder(self:Quantizer):
+    "The FAISS encoder (and OPQ rotation) built from the stored tensors, on first use."
+    if self._enc is None:
+        _need_faiss(f'{self.kind}.encode')
+        self._enc = _faiss_encoder(self.kind, self.codebooks.numpy(), self.beam_size)
+        self._rot = _faiss_rotation(self.rotation.numpy()) if self.kind == 'OPQ' else None
+    return self._enc, self._rot
 
 # %% ../nbs/10_quantizers.ipynb #64245610
 def _fit_pq(x, m, niter, seed, verbose):
@@ -149,6 +161,7 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
         verbose:bool=False, # FAISS's own progress prints
        ) -> Quantizer:
     "Train the codebooks (and OPQ rotation) on `x`; the same data and seed give the same codebooks."
+    _need_faiss(f'{self.kind}.fit')
     x = as_vectors(x, self.d, f'{self.kind}.fit')
     xt = train_sample(x, n_train, seed)
     if len(xt) < K: raise ValueError(f"{self.kind}.fit: need at least K={K} training vectors, got {len(xt)}")
@@ -173,8 +186,9 @@ def encode(self:Quantizer, x, # (N, d) vectors (array or tensor)
     "Nearest codeword(s) of each vector, found by FAISS."
     self._check_fitted('encode')
     x = as_vectors(x, self.d, f'{self.kind}.encode')
-    if self._rot is not None: x = self._rot.apply(x)
-    return self._enc.compute_codes(x).astype(np.int64)
+    enc, rot = self._encoder()
+    if rot is not None: x = rot.apply(x)
+    return enc.compute_codes(x).astype(np.int64)
 
 @patch
 def _check_codes(self:Quantizer, codes) -> Tensor:

@@ -35,7 +35,7 @@ def test_shapes_and_bits(qs):
         codes = q.encode(X[:10])
         assert codes.dtype == np.int64 and codes.shape == (10, q.m) and q.bits == 8 * q.m
         assert q.decode(codes).shape == (10, D) and q.decode(codes).dtype == torch.float32
-    assert qs['RQ']._enc.code_size == M  # 8-bit stages, no stored norm: one byte per code
+    assert qs["RQ"]._encoder()[0].code_size == M  # 8-bit stages, no stored norm: one byte per code
 
 def test_all_points_used_no_faiss_sample():
     "n_train=None trains k-means on all N > 65,536 points, unlike FAISS's default sample."
@@ -97,8 +97,9 @@ def test_opq_rotation_orthogonal(qs):
 def test_torch_decode_matches_faiss(kind, qs):
     q = qs[kind]
     codes = q.encode(X[:500])
-    ref = q._enc.decode(codes.astype(np.uint8))
-    if kind == 'OPQ': ref = q._rot.reverse_transform(ref)
+    enc, rot = q._encoder()
+    ref = enc.decode(codes.astype(np.uint8))
+    if kind == "OPQ": ref = rot.reverse_transform(ref)
     np.testing.assert_allclose(q.decode(codes).numpy(), ref, rtol=1e-5, atol=1e-5)
 
 def test_mse_ordering(qs):
@@ -122,7 +123,7 @@ def test_rq_beam_is_exposed():
     q = Quantizer('RQ', m=M, d=D, beam_size=3)
     assert q.beam_size == 3 and Quantizer('RQ').beam_size == 5  # FAISS's default beam
     q.fit(X, niter=3)
-    assert q._enc.max_beam_size == 3 and q.meta['beam_size'] == 3
+    assert q._encoder()[0].max_beam_size == 3 and q.meta['beam_size'] == 3
 
 def test_pca_order_function():
     rng = np.random.default_rng(0)
@@ -173,3 +174,13 @@ def test_encode_accepts_tensors_and_views(qs):
     wide = np.concatenate([X[:50], X[:50]], 1)[:, ::2]  # non-contiguous view
     assert np.array_equal(q.encode(wide), q.encode(np.ascontiguousarray(wide)))
     assert q.encode(np.zeros((0, D), np.float32)).shape == (0, q.m)
+
+def test_decoding_without_faiss(monkeypatch):
+    "`pip install mbldm` without the cpu/gpu extra: a shipped codec loads and decodes; encoding names the extra."
+    import mbldm.quantizers as mq
+    from mbldm.codec import load_codec
+    monkeypatch.setattr(mq, 'faiss', None)
+    c = load_codec('OPQ-32-8-8')
+    codes = torch.randint(0, 256, (1, 6, 4, 4))
+    assert c.decode(codes).shape == (1, 3, 32, 32)
+    with pytest.raises(ImportError, match=r"mbldm\[cpu\]"): c.encode(torch.rand(3, 32, 32))
