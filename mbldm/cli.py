@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #3ae1ac68
 from __future__ import annotations
-import argparse, io, json, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 # %% auto #0
@@ -19,12 +19,10 @@ def demo(out:str|Path|None=None, # run folder (default: a new one under `runs/`)
          jpeg_qualities:tuple=(10, 25, 50, 75, 90), # Pillow JPEG baseline
         ) -> Path:
     "Compress/decompress sample images with the shipped codecs; write files, report.json and figures."
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    from mbldm.core import sample_image, write_png, show_images, atomic_write
-    from mbldm.codec import pretrained_codecs, load_codec
+    from mbldm.core import sample_image, write_png, atomic_write
+    from mbldm.codec import pretrained_codecs
     from mbldm.container import compress, decompress
-    from mbldm.metrics import psnr, ssim, bpp_from_bytes, save_rd_json, plot_rd
+    from mbldm.metrics import psnr, ssim, bpp_from_bytes
     from mbldm.baselines import pillow_roundtrip
     from mbldm.experiments import new_run_dir
     from mbldm.tracking import progress

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_codec.ipynb #431971b5
 from __future__ import annotations
-import hashlib, json, re
+import hashlib, re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np

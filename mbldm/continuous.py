@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_continuous.ipynb #aef4d33c
 from __future__ import annotations
-import json, math
+import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch

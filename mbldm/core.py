@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'SAMPLE_IMAGES', 'default_device', 'seed_everything', 'atomic_write', 'save_tensors', 'load_tensors',

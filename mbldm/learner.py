@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
-from torch import nn, Tensor
+from torch import nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler, DistributedSampler
 from safetensors.torch import load_file as st_load

@@ -4,7 +4,6 @@
 
 # %% ../nbs/10_quantizers.ipynb #a456f407
 from __future__ import annotations
-import json
 from pathlib import Path
 import numpy as np
 import torch

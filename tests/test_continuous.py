@@ -17,12 +17,7 @@ SHAPE = (6, 8, 8)
 
 
 @pytest.fixture(scope="module")
-def codec():
-    "An OPQ-32-8-8 codec with random codebooks on the 0..255 scale (instant)."
-    g = torch.Generator().manual_seed(0)
-    def q(kind, m): return Quantizer.from_state_dict(
-        {'codebooks': torch.rand(m, 256, 64 // m, generator=g) * 255, 'rotation': torch.eye(64)}, {'kind': kind, 'm': m, 'd': 64})
-    return Codec('OPQ-32-8-8', [q('OPQ', 4), q('VQ', 1), q('VQ', 1)])
+def codec(random_codec): return random_codec  # conftest.py: random OPQ-32-8-8 codebooks
 
 
 def net(self_condition=True, seed=0):
