@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 
-from .core import read_image, save_tensors, load_tensors
+from .core import read_image, save_tensors, load_tensors, image_batch
 from .color import rgb_to_ycbcr, ycbcr_to_rgb, pad_to_multiple, crop_to, patchify, unpatchify, all_patches
 from .quantizers import Quantizer, K
 from .tracking import progress
@@ -115,14 +115,7 @@ def fit_codec(spec:str|CodecSpec, # e.g. 'OPQ-32-8-8'
 # %% ../nbs/11_codec.ipynb #f78c1ad1
 def _as_batch(x, fn:str) -> Tensor:
     "(B, 3, H, W) float tensor in [0,1] from (3,H,W), (B,3,H,W) or 1-channel versions; clear errors otherwise."
-    if not isinstance(x, Tensor): raise TypeError(f"{fn}: expected a torch tensor image in [0,1], got {type(x).__name__}")
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"{fn}: expected an image (3, H, W) or batch (B, 3, H, W) (or 1 channel), got shape {tuple(x.shape)}")
-    if not x.is_floating_point(): raise TypeError(f"{fn}: expected a float image in [0,1], got {x.dtype}")
-    if x.numel() == 0: raise ValueError(f"{fn}: empty image of shape {tuple(x.shape)}")
-    lo, hi = torch.aminmax(x)  # one pass; NaN propagates, so the check below also refuses NaN and inf
-    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
-        raise ValueError(f"{fn}: pixel values must be finite and in [0,1], got [{lo.item():.4g}, {hi.item():.4g}]")
+    x = image_batch(x, fn, channels=(1, 3))
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 @patch

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'SAMPLE_IMAGES', 'default_device', 'seed_everything', 'atomic_write', 'save_tensors', 'load_tensors',
-           'ImageError', 'read_image', 'to_uint8', 'write_png', 'sample_image', 'show_images']
+           'ImageError', 'read_image', 'image_batch', 'to_uint8', 'write_png', 'sample_image', 'show_images']
 
 # %% ../nbs/00_core.ipynb #e769cdde
 def default_device() -> torch.device:
@@ -173,6 +173,23 @@ def read_image(path, # an image file Pillow can read
     rgb = _orient(rgb, o)
     rgb = np.broadcast_to(rgb, (*rgb.shape[:2], 3))  # grey -> three identical channels
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
+
+# %% ../nbs/00_core.ipynb #84282355
+def image_batch(x, # images in [0,1]: (C, H, W) or (B, C, H, W)
+                fn:str='images', # caller's name, for error messages
+                channels:tuple=(3,), # allowed channel counts
+               ) -> Tensor: # (B, C, H, W), the same tensor (a view)
+    "A float image batch in [0,1], or a clear error naming `fn` and the problem."
+    if not isinstance(x, Tensor): raise TypeError(f"{fn}: expected a torch tensor image in [0,1], got {type(x).__name__}")
+    if x.ndim == 3: x = x[None]
+    if x.ndim != 4 or x.shape[1] not in channels:
+        raise ValueError(f"{fn}: expected an image (C, H, W) or a batch (B, C, H, W) with C in {channels}, got shape {tuple(x.shape)}")
+    if not x.is_floating_point(): raise TypeError(f"{fn}: expected float images in [0,1], got {x.dtype}")
+    if x.numel() == 0: raise ValueError(f"{fn}: empty image of shape {tuple(x.shape)}")
+    lo, hi = torch.aminmax(x)  # NaN propagates, so the range check also refuses NaN and inf
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
+        raise ValueError(f"{fn}: pixel values must be finite and in [0,1], got [{lo.item():.4g}, {hi.item():.4g}]")
+    return x
 
 # %% ../nbs/00_core.ipynb #cf7c611a
 def _as_chw(img, fn) -> np.ndarray:

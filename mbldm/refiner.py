@@ -13,7 +13,7 @@ from torch import nn, Tensor
 import pytorch_msssim
 from safetensors.torch import load_file
 
-from .core import atomic_write
+from .core import atomic_write, image_batch
 from .color import pad_to_multiple, crop_to
 from .codec import Codec, load_codec
 from .latents import codes_to_unit, unit_to_codes
@@ -26,16 +26,6 @@ __all__ = ['CONFIG_FILE', 'REFINER_FORMAT', 'sample_sigmas', 'noisy_decode', 'ra
            'refiner_loss', 'refine', 'save_refiner_config', 'refiner_from_settings', 'load_refiner']
 
 # %% ../nbs/25_refiner.ipynb #397fe19e
-def _check_images(x, fn:str) -> Tensor:
-    "A (B,3,H,W) float batch in [0,1] from (3,H,W) or (B,3,H,W), with clear errors."
-    if not isinstance(x, Tensor): raise TypeError(f"{fn}: expected a torch tensor, got {type(x).__name__}")
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"{fn}: expected RGB images (B, 3, H, W) or (3, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point(): raise TypeError(f"{fn}: expected float images in [0,1], got {x.dtype}")
-    if x.numel() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
-        raise ValueError(f"{fn}: images must be in [0,1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
-    return x
-
 def sample_sigmas(n:int, # batch size
                   sigma_max:float=0.02, # upper end of U(0, sigma_max), normalised index units
                   generator=None, # torch.Generator (CPU) or None for the global RNG
@@ -52,7 +42,7 @@ def noisy_decode(codec:str|Path|Codec, # the codec E, D (a shipped spec, a codec
                  generator=None, # torch.Generator (CPU) for the sigmas and the noise; None: global RNG
                 ) -> Tensor: # x_n, (B,3,H,W) in [0,1], on x's device
     "$x_n = D(\\mathrm{round}(E(x) + \\gamma))$: decode the index map of `x` after Gaussian noise in normalised index space."
-    codec, x = load_codec(codec), _check_images(x, 'noisy_decode')
+    codec, x = load_codec(codec), image_batch(x, 'noisy_decode')
     z = codes_to_unit(codec.encode(x))
     s = sample_sigmas(len(x), sigma_max, generator) if sigma is None else torch.as_tensor(sigma, dtype=torch.float32).expand(len(x))
     z = z + s.to(z.device)[:, None, None, None] * torch.randn(z.shape, generator=generator).to(z.device)
@@ -130,7 +120,7 @@ def refine(model:Refiner, # a trained refiner
            batch_size:int=16, # images per forward pass
           ) -> Tensor: # refined images, same shape, in [0,1]
     "Apply the refiner to [0,1] images of any size (replicate padding to the U-Net's multiple, then crop)."
-    x = _check_images(images, 'refine')
+    x = image_batch(images, 'refine')
     h, w = x.shape[-2:]
     xp = pad_to_multiple(x * 2 - 1, model.cfg.factor)
     was = model.training; model.eval()

@@ -38,7 +38,7 @@ def test_pairs_odd_sizes_and_sigmas(codec):
 
 def test_bad_inputs(codec):
     ft.test_fail(lambda: noisy_decode(codec, torch.rand(3, 16, 16) * 2), contains='[0,1]')
-    ft.test_fail(lambda: noisy_decode(codec, torch.rand(2, 4, 16, 16)), contains='RGB')
+    ft.test_fail(lambda: noisy_decode(codec, torch.rand(2, 4, 16, 16)), contains='C in (3,)')
     ft.test_fail(lambda: noisy_decode(codec, torch.zeros(3, 16, 16, dtype=torch.uint8)), contains='float')
     ft.test_fail(lambda: sample_sigmas(2, -1.), contains='sigma_max')
     ft.test_fail(lambda: random_crops([], 1, 8), contains='no images')
