@@ -102,11 +102,11 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd(a) -> str:
     from mbldm.container import compress_file, decompress_file
     if a.cmd == 'compress':
-        from mbldm.metrics import bpp_from_file
-        from mbldm.core import read_image
+        from mbldm.container import read_header
+        from mbldm.metrics import bpp_from_bytes
         out = compress_file(a.input, a.output or Path(a.input).with_suffix('.mbl'), a.codec)
-        h, w = read_image(a.input).shape[-2:]
-        return f"{out}: {out.stat().st_size} bytes, {bpp_from_file(out, h, w):.4f} bpp"
+        data = out.read_bytes(); hd = read_header(data, str(out))  # sizes from the file just written: no second decode
+        return f"{out}: {len(data)} bytes, {bpp_from_bytes(len(data), hd.height, hd.width):.4f} bpp"
     if a.cmd == 'decompress':
         out = Path(a.output or Path(a.input).with_suffix('.png'))
         img = decompress_file(a.input, out, a.codec)

@@ -1,6 +1,5 @@
 """The README's main job (`mbldm demo`) and the shipped codecs it uses."""
 import json
-import torch
 from mbldm.cli import demo
 from mbldm.codec import pretrained_codecs, load_codec
 from mbldm.core import sample_image, read_image
@@ -17,8 +16,8 @@ def test_four_table1_codecs_ship_with_the_package():
 def test_shipped_codecs_quality_ordering():
     "VQ < PQ <= OPQ <= RQ on a held-out image (the McM-trained codecs never saw scikit-image's astronaut)."
     x = sample_image('astronaut')
-    p = {s: psnr(x, load_codec(s).decode(load_codec(s).encode(x), size=x.shape[-2:])[0], data_range=1.).item()
-         for s in ('VQ-8-8-8', 'PQ-32-8-8', 'OPQ-32-8-8', 'RQ-32-8-8')}
+    codecs = {s: load_codec(s) for s in ('VQ-8-8-8', 'PQ-32-8-8', 'OPQ-32-8-8', 'RQ-32-8-8')}
+    p = {s: psnr(x, c.decode(c.encode(x), size=x.shape[-2:])[0], data_range=1.).item() for s, c in codecs.items()}
     assert p['VQ-8-8-8'] < p['PQ-32-8-8'] <= p['OPQ-32-8-8'] + 0.05 and p['OPQ-32-8-8'] <= p['RQ-32-8-8'] + 0.05, p
     assert p['OPQ-32-8-8'] > 24, p
 
