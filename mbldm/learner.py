@@ -18,8 +18,8 @@ from .core import atomic_write, seed_everything, save_tensors
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'Learner', 'RecorderCB', 'smooth', 'ProgressCB', 'GradClipCB',
-           'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state', 'save_safetensors', 'list_checkpoints',
-           'latest_checkpoint', 'CheckpointCB', 'WandbCB', 'DDPCB']
+           'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state', 'list_checkpoints', 'latest_checkpoint',
+           'CheckpointCB', 'WandbCB', 'DDPCB']
 
 # %% ../nbs/22_learner.ipynb #dd8fd6f0
 class CancelFitException(Exception): "Raise in a callback to end `fit` cleanly (`after_fit` still runs)."
@@ -292,10 +292,6 @@ def state_dict(self:Learner) -> dict:
             'rng': self._all_rng(), 'cbs': {cb.name: cb.state_dict() for cb in self.cbs if hasattr(cb, 'state_dict')}}
 
 # %% ../nbs/22_learner.ipynb #a4fcec82
-def save_safetensors(sd:dict, path):
-    "Write a state dict as safetensors, atomically (tensors copied to CPU, so tied weights are fine)."
-    return save_tensors(path, sd)
-
 @patch
 def save(self:Learner, path): # the checkpoint folder to create (replaced if it exists)
     "Write a checkpoint folder atomically (only rank 0 writes; all ranks must call it)."
@@ -304,9 +300,9 @@ def save(self:Learner, path): # the checkpoint folder to create (replaced if it 
         tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
         if tmp.exists(): shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_safetensors(self.model.state_dict(), tmp/'model.safetensors')
+        save_tensors(tmp/'model.safetensors', self.model.state_dict())
         for cb in self.cbs:
-            if hasattr(cb, 'weights'): save_safetensors(cb.weights(), tmp/f'{cb.name}.safetensors')
+            if hasattr(cb, 'weights'): save_tensors(tmp/f'{cb.name}.safetensors', cb.weights())
         with atomic_write(tmp/'state.pt', 'wb') as f: torch.save(sd, f)
         if path.exists(): shutil.rmtree(path)
         os.replace(tmp, path)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mbldm.learner import (Learner, Callback, CancelFitException, EMACB, GradClipCB, CheckpointCB, DDPCB, save_safetensors)
+from mbldm.learner import (Learner, Callback, CancelFitException, EMACB, GradClipCB, CheckpointCB, DDPCB)
+from mbldm.core import save_tensors
 
 def make_data(n=40):
     g = torch.Generator().manual_seed(1)
@@ -62,13 +63,13 @@ def main(argv):
         learn = make_learner(out/'ckpt', DDPCB(), every=5, lr=3e-2).fit(n)
         import torch.distributed as dist
         r = dist.get_rank()
-        save_safetensors(learn.model.state_dict(), out/f'rank{r}.safetensors')
+        save_tensors(out/f"rank{r}.safetensors", learn.model.state_dict())
         (out/f'losses{r}.json').write_text(json.dumps(learn.recorder.losses))
         # the same run stopped after step n-3 and resumed from its last checkpoint (each rank gets its own RNGs back)
         make_learner(out/'ckpt2', DDPCB(), StopAt(n - 3), every=5, lr=3e-2).fit(n)
         again = make_learner(out/'ckpt2', DDPCB(), every=5, lr=3e-2)
         again.resume(out/'ckpt2')
-        save_safetensors(again.fit(n).model.state_dict(), out/f'resumed{r}.safetensors')
+        save_tensors(out/f"resumed{r}.safetensors", again.fit(n).model.state_dict())
         dist.destroy_process_group()
 
 if __name__ == '__main__': main(sys.argv[1:])
