@@ -106,11 +106,14 @@ def test_min_snr_weights(sched):
 
 def test_other_weights_and_reduction():
     t = torch.arange(1000)
-    _close(loss_weight(LIN, t, 'x0', 'trunc_snr', gamma=1.), LIN.snr.clamp(min=1).float())
-    _close(loss_weight(LIN, t, 'eps', 'trunc_snr', gamma=1.),
+    _close(loss_weight(LIN, t, 'x0', 'max_snr', snr_gamma=1.), LIN.snr.clamp(min=1).float())
+    _close(loss_weight(LIN, t, 'eps', 'max_snr', snr_gamma=1.),
                                (LIN.snr.clamp(min=1)/LIN.snr).float())
+    # CDC's "truncated SNR" for an x0 network is min(SNR, 5): the 'min_snr' weighting, never above 5
+    _close(loss_weight(LIN, t, 'x0', 'min_snr', snr_gamma=5.), LIN.snr.clamp(max=5).float())
+    with pytest.raises(ValueError, match="ambiguous"): loss_weight(LIN, t, 'x0', 'trunc_snr')
     assert (loss_weight(LIN, t, 'v', 'const') == 1).all()
-    with pytest.raises(ValueError, match='kind'): loss_weight(LIN, t, 'eps', 'p2')
+    with pytest.raises(ValueError, match='weighting'): loss_weight(LIN, t, 'eps', 'p2')
     with pytest.raises(ValueError, match='objective'): loss_weight(LIN, t, 'noise')
     pred, target = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
     target[1] *= 2
@@ -220,7 +223,7 @@ def test_callback_sees_every_step():
     sample_ddim(oracle(x0), torch.randn(x0.shape), LIN, 'ddim100', callback=seen.append)
     assert [s['i'] for s in seen] == list(range(100))
     assert [s['t'] for s in seen] == list(range(990, -1, -10))
-    assert set(seen[0]) == {'i', 't', 'x', 'x0_hat'}
+    assert set(seen[0]) == {'i', 't', 'x', 'x0_hat', 'x0_self_cond'}
     seen.clear()
     sample_ddpm(oracle(x0), torch.randn(x0.shape), LIN, callback=seen.append)
     assert [s['t'] for s in seen] == list(range(999, -1, -1))
@@ -386,3 +389,40 @@ def test_eps_rederived_from_clipped_x0():
     a, ap = LIN.abar[500].item(), LIN.abar[100].item()
     eps = (x - math.sqrt(a)*1.)/math.sqrt(1 - a)             # from the clipped x0 = 1, not the raw 3
     _close(seen[1]['x'], math.sqrt(ap)*1. + math.sqrt(1 - ap)*eps)
+
+
+# --- the `denoise` contract: a tensor or a dict {'x0', 'x0_self_cond', extras} -----------------------------------
+SAMPLER_RUNS = {
+    'ddpm': lambda d, x, g, **kw: sample_ddpm(d, x, LIN, 'ddim25', generator=g, **kw),
+    'ddim-eta0': lambda d, x, g, **kw: sample_ddim(d, x, LIN, 'ddim25', generator=g, **kw),
+    'ddim-eta1': lambda d, x, g, **kw: sample_ddim(d, x, LIN, 'ddim25', eta=1., generator=g, **kw),
+}
+
+def _net_like(x, t, x0_prev):
+    "A deterministic stand-in for a network that uses its self-conditioning input."
+    base = torch.tanh(0.5*x + 1e-3*t.float().view(-1, *[1]*(x.ndim-1)))
+    return base if x0_prev is None else (0.7*base + 0.3*x0_prev)
+
+@pytest.mark.parametrize("name", list(SAMPLER_RUNS))
+def test_denoise_tensor_and_dict_forms_agree(name):
+    run, x = SAMPLER_RUNS[name], torch.randn(3, 2, 4, 4, generator=_gen(7))
+    a = run(_net_like, x, _gen(1))
+    extras = []
+    b = run(lambda x, t, p: {'x0': _net_like(x, t, p), 'logits': torch.ones(1)}, x, _gen(1), callback=extras.append)
+    assert torch.equal(a, b)
+    assert all('logits' in e for e in extras) and len(extras) == 25
+
+@pytest.mark.parametrize("name", list(SAMPLER_RUNS))
+def test_dict_self_cond_is_what_the_network_sees(name):
+    run, x, seen, asked = SAMPLER_RUNS[name], torch.randn(2, 1, 4, 4, generator=_gen(8)), [], []
+    def spy(x, t, x0_prev):
+        seen.append(x0_prev)
+        hard, soft = _net_like(x, t, x0_prev).sign(), 0.25*_net_like(x, t, x0_prev)   # step hard, feed back soft
+        asked.append(soft)
+        return {'x0': hard, 'x0_self_cond': soft}
+    out = run(spy, x, _gen(2))
+    assert seen[0] is None and all(torch.equal(s, a) for s, a in zip(seen[1:], asked[:-1]))
+    assert set(out.unique().tolist()) <= {-1., 0., 1.}                 # the output is the stepped (hard) estimate
+
+def test_dict_without_x0_is_a_clear_error():
+    with pytest.raises(ValueError, match="'x0'"): sample_ddim(lambda x, t, p: {'eps': x}, torch.zeros(1, 2), LIN, 'ddim2')
