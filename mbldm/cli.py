@@ -118,7 +118,7 @@ def _cmd(a) -> str:
         from mbldm.experiments import run_experiment
         return f"run folder: {run_experiment(a.experiment, a.config, a.param, a.run_dir)}"
     if a.cmd == 'sample':
-        from mbldm.continuous import sample_checkpoint
+        from mbldm.checkpoints import sample_checkpoint
         paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, seed=a.seed)
         return f"{len(paths)} samples written to {a.out}"
     if a.cmd == 'experiments':

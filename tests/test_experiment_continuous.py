@@ -7,7 +7,7 @@ from mbldm.core import sample_image, write_png, read_image
 from mbldm.codec import Codec
 from mbldm.quantizers import Quantizer
 from mbldm.experiments import run_experiment, experiment_path, resolve_params, load_config
-from mbldm.continuous import load_checkpoint, sample_checkpoint
+from mbldm.checkpoints import load_model, sample_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_paper_config_matches_the_notebook():
     nb = experiment_path('train_continuous')
     p = resolve_params(nb, load_config(nb.parent/'train_continuous_paper.yaml'))
     assert (p['image_size'], p['dim'], p['dim_mults'], p['batch_size'], p['steps']) == (512, 80, [1, 2, 4, 8], 64, 1_000_000)
-    assert (p['lr'], p['ema_decay'], p['ema_every'], p['gamma'], p['T']) == (1e-4, 0.995, 10, 5.0, 1000)
+    assert (p['lr'], p['ema_decay'], p['ema_every'], p['snr_gamma'], p['T']) == (1e-4, 0.995, 10, 5.0, 1000)
 
 
 def test_train_continuous_runs(tmp_path, codec_file):
@@ -44,7 +44,7 @@ def test_train_continuous_runs(tmp_path, codec_file):
     for f in ("loss.png", "samples.png", "trajectory.png", "progress/samples_step_0000006.png", "latents/index.json",
               "checkpoints/config.json", "checkpoints/codec.safetensors", "checkpoints/step_0000006/ema.safetensors"):
         assert (run/f).is_file(), f
-    model, ld, c = load_checkpoint(run/"checkpoints")
+    model, ld, c = load_model(run/"checkpoints")
     assert model.cfg.dim == 8 and ld.T == 50 and c['latent_shape'] == [6, 4, 4]
     files = sample_checkpoint(run/"checkpoints", tmp_path/"more", n=2, steps=3, device='cpu')
     assert len(files) == 2 and read_image(files[1]).shape == (3, 32, 32)
