@@ -147,9 +147,9 @@ def _sample(a) -> str:
     try: paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, seed=a.seed)
     except (ValueError, OSError, ImportError): raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [''])[0]
+        why = ' '.join(str(e).split()); why = why if len(why) < 240 else why[:240] + '...'
         raise UsageError(f"cannot sample from checkpoint {a.checkpoint} (corrupt, or not made by this model/config?): "
-                         f"{type(e).__name__}: {first}") from e
+                         f"{type(e).__name__}: {why}") from e
     return f"{len(paths)} samples written to {a.out}"
 
 def _cmd(a) -> str:
