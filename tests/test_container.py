@@ -112,3 +112,19 @@ def test_wrong_codec_and_version(codec, data, img):
 def test_shipped_codec_missing_is_clear(codec, img):
     d = compress(img, codec)
     with pytest.raises(CodecFileError, match="PQ-16-8-8"): decompress(d)  # no shipped PQ-16-8-8
+
+@pytest.mark.parametrize("which", ["v2-mbl", "v2-jpeg"])
+def test_damaged_files_with_a_valid_crc_decode_or_are_rejected(codec, img, data, which):
+    "Past the checksum (a forged file): every file decodes to an image of its stated size or raises CodecFileError, nothing else."
+    good = data if which == "v2-mbl" else compress(img, "jpeg:30")
+    rng, outcomes = random.Random(1), {"rejected": 0, "decoded": 0}
+    t0 = time.perf_counter()
+    for i in range(3_000):
+        d = _recrc(_mutate(good, rng, i)) if i % 4 in (0, 2) else _mutate(good, rng, i)
+        try: out = decompress(d, codec if which == "v2-mbl" else None)
+        except CodecFileError: outcomes["rejected"] += 1; continue
+        hd = read_header(d)
+        assert out.shape == (3, hd.height, hd.width) and 0 <= out.min() and out.max() <= 1
+        outcomes["decoded"] += 1
+    print(which, outcomes, f"{time.perf_counter() - t0:.2f} s")
+    assert outcomes["rejected"] > 1000 and time.perf_counter() - t0 < 60
