@@ -19,7 +19,7 @@ from .tracking import progress
 
 # %% auto #0
 __all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'CodecSpec', 'parse_spec', 'image_planes', 'channel_vectors',
-           'Codec', 'fit_codec', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
+           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
 
 # %% ../nbs/11_codec.ipynb #36984d37
 PATCH = 8  # patch side s
@@ -155,12 +155,14 @@ def _split(self:Codec, t:Tensor) -> list:
 @patch
 def decode(self:Codec, codes, # int (B, Cbar, h, w) or (Cbar, h, w) index map
            size:tuple|None=None, # (H, W) to crop to (the original image size)
-          ) -> Tensor: # (B, 3, H, W) in [0,1], on the codes' device
+           clamp:bool=True, # clamp to [0,1]; False gives the linear decoding `decode_soft` matches exactly
+          ) -> Tensor: # (B, 3, H, W) on the [0,1] scale, on the codes' device
     "Image(s) from index maps (hard decoding)."
     codes = self._check_codes(codes, 'Codec.decode')
     b, _, h, w = codes.shape
     vecs = [q.decode(cc.permute(0, 2, 3, 1).reshape(-1, q.m)) for q, cc in zip(self.quantizers, self._split(codes))]
-    return self._assemble(vecs, b, h, w, size).clamp(0, 1)
+    x = self._assemble(vecs, b, h, w, size)
+    return x.clamp(0, 1) if clamp else x
 
 @patch
 def decode_soft(self:Codec, probs:Tensor, # (B, Cbar, K, h, w) probabilities over each code's K entries
@@ -172,6 +174,19 @@ def decode_soft(self:Codec, probs:Tensor, # (B, Cbar, K, h, w) probabilities ove
     b, _, _, h, w = probs.shape
     vecs = [q.decode_soft(pp.permute(0, 3, 4, 1, 2).reshape(-1, q.m, K)) for q, pp in zip(self.quantizers, self._split(probs))]
     return self._assemble(vecs, b, h, w, size)
+
+# %% ../nbs/11_codec.ipynb #b8d2f1e3
+def ordering_pairs(specs, # codec specs (names as given are returned)
+                  ) -> list: # [(a, b, strict)]: PSNR(a) < PSNR(b) if strict, else PSNR(a) <= PSNR(b)
+    "The comparisons Table 1's ordering VQ < PQ <= OPQ <= RQ makes among `specs` (same bits, or VQ vs more bits)."
+    rank = {k: i for i, k in enumerate(('VQ', 'PQ', 'OPQ', 'RQ'))}
+    ss, out = [(s, parse_spec(s)) for s in specs], []
+    for a, sa in ss:
+        for b, sb in ss:
+            if rank[sa.kind] >= rank[sb.kind]: continue
+            if sa.kind == 'VQ': out.append((a, b, sum(sb.bits) > sum(sa.bits)))
+            elif sa.bits == sb.bits: out.append((a, b, False))
+    return out
 
 # %% ../nbs/11_codec.ipynb #4fd5ca5f
 CODEC_META_KEY = 'mbldm.codec'
