@@ -155,12 +155,14 @@ def _split(self:Codec, t:Tensor) -> list:
 @patch
 def decode(self:Codec, codes, # int (B, Cbar, h, w) or (Cbar, h, w) index map
            size:tuple|None=None, # (H, W) to crop to (the original image size)
-          ) -> Tensor: # (B, 3, H, W) in [0,1], on the codes' device
+           clamp:bool=True, # clamp to [0,1]; False gives the linear decoding `decode_soft` matches exactly
+          ) -> Tensor: # (B, 3, H, W) on the [0,1] scale, on the codes' device
     "Image(s) from index maps (hard decoding)."
     codes = self._check_codes(codes, 'Codec.decode')
     b, _, h, w = codes.shape
     vecs = [q.decode(cc.permute(0, 2, 3, 1).reshape(-1, q.m)) for q, cc in zip(self.quantizers, self._split(codes))]
-    return self._assemble(vecs, b, h, w, size).clamp(0, 1)
+    x = self._assemble(vecs, b, h, w, size)
+    return x.clamp(0, 1) if clamp else x
 
 @patch
 def decode_soft(self:Codec, probs:Tensor, # (B, Cbar, K, h, w) probabilities over each code's K entries

@@ -1,0 +1,48 @@
+"""Codec decoding: hard and soft decoding agree bit for bit on one-hot probabilities, and soft decoding's gradient is right."""
+import pytest, torch
+import torch.nn.functional as F
+from mbldm.codec import Codec, load_codec, pretrained_codecs
+from mbldm.quantizers import Quantizer, K
+
+def one_hot(codes): return F.one_hot(codes, K).permute(0, 1, 4, 2, 3).float()
+
+def _random_rq(seed=0):
+    "An RQ-16-8-8 codec with random codebooks: its Y codeword is a sum of two stages."
+    g = torch.Generator().manual_seed(seed)
+    def q(kind, m, dsub): return Quantizer.from_state_dict(
+        {'codebooks': torch.randn(m, K, dsub, generator=g) * 60 + 128 / m, 'rotation': torch.eye(64)}, {'kind': kind, 'm': m, 'd': 64})
+    return Codec('RQ-16-8-8', [q('RQ', 2, 64), q('VQ', 1, 64), q('VQ', 1, 64)])
+
+@pytest.mark.parametrize('shape', [(1, 1, 1), (2, 5, 7), (3, 4, 4)])
+def test_onehot_soft_decoding_is_hard_decoding_unclamped(random_codec, shape):
+    b, h, w = shape
+    for codec in (random_codec, _random_rq()):
+        z = torch.randint(0, K, (b, codec.cbar, h, w), generator=torch.Generator().manual_seed(h * w))
+        soft, hard = codec.decode_soft(one_hot(z)), codec.decode(z, clamp=False)
+        assert torch.equal(soft, hard), (soft - hard).abs().max()
+        assert soft.min() < 0 or soft.max() > 1  # random codebooks leave [0,1]: the unclamped decoding is tested
+        assert torch.equal(codec.decode(z), hard.clamp(0, 1))  # the default still clamps
+        size = (8 * h - 3, 8 * w - 1)
+        assert torch.equal(codec.decode_soft(one_hot(z), size=size), codec.decode(z, size=size, clamp=False))
+
+@pytest.mark.parametrize('spec', pretrained_codecs())
+def test_onehot_soft_decoding_shipped_codecs(spec):
+    codec = load_codec(spec)
+    z = torch.randint(0, K, (2, codec.cbar, 6, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(codec.decode_soft(one_hot(z)), codec.decode(z, clamp=False))
+    assert torch.equal(codec.decode_soft(one_hot(z), size=(41, 33)), codec.decode(z, size=(41, 33), clamp=False))
+
+def test_soft_decoding_of_a_mixture_is_the_mixture_of_decodings(random_codec):
+    "Linearity: decode_soft(a*onehot(z1) + (1-a)*onehot(z2)) = a*decode(z1) + (1-a)*decode(z2)."
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = (torch.randint(0, K, (1, 6, 3, 3), generator=g) for _ in range(2))
+    mix = 0.3 * one_hot(z1) + 0.7 * one_hot(z2)
+    want = 0.3 * random_codec.decode(z1, clamp=False) + 0.7 * random_codec.decode(z2, clamp=False)
+    torch.testing.assert_close(random_codec.decode_soft(mix), want, rtol=1e-5, atol=1e-4)
+
+def test_decode_soft_gradcheck(random_codec):
+    "float64 finite differences against autograd, on one 8x8 patch (OPQ: concatenation + rotation; RQ: stage sum)."
+    for codec in (random_codec, _random_rq()):
+        p = torch.rand(1, codec.cbar, K, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        p = (p / p.sum(2, keepdim=True)).requires_grad_()
+        assert torch.autograd.gradcheck(lambda q: codec.decode_soft(q, size=(7, 6)), (p,), eps=1e-6, atol=1e-6)
