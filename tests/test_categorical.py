@@ -207,3 +207,13 @@ def test_sampler_feeds_back_the_soft_estimate(random_codec):
     torch.testing.assert_close(seen[1], soft); torch.testing.assert_close(seen[2], soft)
     assert not torch.allclose(steps[0]['x0_hat'], soft)          # the update uses the draw, not the soft estimate
     assert torch.equal(steps[0]['x0_hat'], codes_to_unit(steps[0]['codes'])) and steps[0]['logits'].shape == (2, 6, K, 2, 2)
+
+
+def test_head_runs_in_float32_under_bf16_autocast(random_codec, codes):
+    "The soft decoding and the soft index must not be rounded to bf16: a perfect network still scores zero."
+    cd = CategoricalDiffusion(T=100, codec=random_codec)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        r = cd.loss(PerfectLogits(codes), codes_to_unit(codes), t=torch.tensor([0, 1, 99]))
+        y = torch.rand(3, 6, K, 4, 4).softmax(2)
+        assert expected_unit(y).dtype == torch.float32 and cd.decode_image(y).dtype == torch.float32
+    for k in ('img', 'eps_mse'): assert r[k].item() < 1e-6, (k, r[k].item())
