@@ -4,11 +4,11 @@
 
 # %% ../nbs/14_cli.ipynb #3ae1ac68
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, errno, io, json, logging, re, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_IMAGES', 'demo', 'main']
+__all__ = ['DEMO_IMAGES', 'demo', 'UsageError', 'main']
 
 # %% ../nbs/14_cli.ipynb #4dafe3e6
 DEMO_IMAGES = ('astronaut', 'coffee', 'chelsea')
@@ -50,6 +50,12 @@ def demo(out:str|Path|None=None, # run folder (default: a new one under `runs/`)
     _demo_figures(run, rows, shown, len(specs) + 1)
     return run
 
+def _save_figure(fig, path, **kw):
+    "Write a matplotlib figure as a PNG, atomically (rendered to memory first)."
+    from mbldm.core import atomic_write
+    buf = io.BytesIO(); fig.savefig(buf, format='png', **kw)
+    with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
+
 def _mean_by(rows, key, metric):
     "Mean of `metric` over the rows grouped by `key` (in first-seen order)."
     out = {}
@@ -62,14 +68,14 @@ def _demo_figures(run, rows, shown, ncols):
     from mbldm.core import show_images
     from mbldm.metrics import save_rd_json, plot_rd
     fig = show_images([im for im, _ in shown], titles=[t for _, t in shown], ncols=ncols, size=2.2)
-    fig.savefig(run/'reconstructions.png', dpi=72, bbox_inches='tight'); plt.close(fig)
+    _save_figure(fig, run/'reconstructions.png', dpi=72, bbox_inches='tight'); plt.close(fig)
     bpp, ps = _mean_by(rows, 'codec', 'bpp'), _mean_by(rows, 'codec', 'psnr_rgb')
     jpeg = [c for c in bpp if c.startswith('JPEG')]
     curves = [save_rd_json(run/'rd_jpeg.json', 'JPEG (Pillow)', {'bpp': [bpp[c] for c in jpeg], 'psnr-rgb': [ps[c] for c in jpeg]})]
     for c in bpp:
         if not c.startswith('JPEG'): curves.append(save_rd_json(run/f'rd_{c}.json', c, {'bpp': [bpp[c]], 'psnr-rgb': [ps[c]]}))
     ax = plot_rd(curves); ax.set_title('sample images (mean)')
-    ax.figure.savefig(run/'rd.png', dpi=80, bbox_inches='tight'); plt.close(ax.figure)
+    _save_figure(ax.figure, run/'rd.png', dpi=80, bbox_inches='tight'); plt.close(ax.figure)
 
 # %% ../nbs/14_cli.ipynb #25d100dd
 def _parser() -> argparse.ArgumentParser:
@@ -77,38 +83,89 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('compress', help='compress an image file to an .mbl file')
     c.add_argument('input'); c.add_argument('-o', '--output', help='output file (default: INPUT with .mbl)')
-    c.add_argument('--codec', default='OPQ-32-8-8', help='shipped codec spec or codec file (default OPQ-32-8-8)')
+    c.add_argument('--codec', default='OPQ-32-8-8', help='jpeg:Q, webp:Q, a shipped model-based spec or a codec file (default OPQ-32-8-8)')
     d = sub.add_parser('decompress', help='decompress an .mbl file to a PNG')
     d.add_argument('input'); d.add_argument('-o', '--output', help='output PNG (default: INPUT with .png)')
-    d.add_argument('--codec', default=None, help='codec file (default: the shipped codec the file names)')
+    d.add_argument('--codec', default=None, help='codec file (default: the codec the file names)')
     m = sub.add_parser('demo', help='the main job on built-in defaults: codec report on sample images')
     m.add_argument('--out', default=None, help='run folder (default: runs/demo-<time>)')
     r = sub.add_parser('run', help='run an experiment notebook with papermill into a run folder')
     r.add_argument('experiment'); r.add_argument('-f', '--config', default=None, help='YAML config')
     r.add_argument('-p', '--param', action='append', default=[], metavar='KEY=VALUE', help='override a parameter (repeatable)')
     r.add_argument('--run-dir', default=None)
-    s = sub.add_parser('sample', help='turn a continuous-model checkpoint into images')
+    s = sub.add_parser('sample', help='turn a generative checkpoint (any kind that generates) into images')
     s.add_argument('checkpoint', help='a checkpoints folder (the newest step is used) or one step_* folder')
     s.add_argument('-o', '--out', required=True, help='folder for the PNG samples')
     s.add_argument('-n', '--n', type=int, default=16, help='number of samples (default 16)')
     s.add_argument('--steps', default=None, help="sampling steps, e.g. 'ddim50' or '100' (default: all T ancestral steps)")
     s.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
+    s.add_argument('--eta', type=float, default=0., help='DDIM noise (with --sampler ddim)')
     s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--refiner', default=None, help='a refiner checkpoint applied to every sample (Continuous + Refiner)')
+    s.add_argument('--no-ema', dest='ema', action='store_false', help='load the raw weights instead of the EMA weights')
     sub.add_parser('experiments', help='list the shipped experiments')
     sub.add_parser('codecs', help='list the shipped codecs')
     return p
 
 # %% ../nbs/14_cli.ipynb #12805670
+class UsageError(Exception):
+    "A problem on the command line the user can fix; printed as one line."
+
+def _output(path) -> Path:
+    "`path` as an output file, after checking that its folder exists and is a folder."
+    p = Path(path); d = p.parent
+    if not d.exists(): raise UsageError(f"output folder {d} does not exist (create it, or choose another -o)")
+    if not d.is_dir(): raise UsageError(f"{d} is a file, not a folder, so {p} cannot be written there")
+    if p.is_dir(): raise UsageError(f"{p} is a folder; give an output file name")
+    return p
+
+_TMP = re.compile(r'\.(.+)\.[0-9a-f]{12}\.tmp')  # atomic_write's temporary name for `name`
+_HINTS = {errno.ENOSPC: 'the disk is full: free some space or write elsewhere', errno.EROFS: 'read-only file system: write elsewhere',
+          errno.EACCES: 'no permission to write there: choose another -o', errno.EDQUOT: 'disk quota exceeded'}
+
+def _os_message(e:OSError) -> str:
+    "One line for an OSError, naming the user's file rather than atomic_write's temporary one."
+    f, what = e.filename, e.strerror or str(e)
+    if f is not None:
+        p = Path(f); m = _TMP.fullmatch(p.name)
+        f = p.with_name(m[1]) if m else p
+    hint = f" ({_HINTS[e.errno]})" if e.errno in _HINTS else ''
+    return f"{f}: {what}{hint}" if f is not None and str(f) not in what else f"{what}{hint}"
+
+def _message(e:BaseException) -> str:
+    "The one line shown for a user error."
+    if isinstance(e, OSError): return _os_message(e)
+    if isinstance(e, ModuleNotFoundError): return f"{e}: a dependency is missing; pip install it (FAISS: pip install 'mbldm[cpu]')"
+    return ' '.join(str(e).split()) or type(e).__name__
+
+# %% ../nbs/14_cli.ipynb #6cc1ed4c
+def _stream_run_log():
+    "A handler that shows papermill's per-cell log (cell starts, the cells' own output) on stdout; returns it."
+    h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter('%(message)s'))
+    log = logging.getLogger('papermill'); log.addHandler(h); log.setLevel(logging.INFO)
+    return h
+
+def _sample(a) -> str:
+    from mbldm.checkpoints import sample_checkpoint
+    try: paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, eta=a.eta, seed=a.seed,
+                                   ema=a.ema, refiner=a.refiner)
+    except (ValueError, OSError, ImportError): raise
+    except Exception as e:
+        why = ' '.join(str(e).split()); why = why if len(why) < 240 else why[:240] + '...'
+        raise UsageError(f"cannot sample from checkpoint {a.checkpoint} (corrupt, or not made by this model/config?): "
+                         f"{type(e).__name__}: {why}") from e
+    return f"{len(paths)} samples written to {a.out}"
+
 def _cmd(a) -> str:
     from mbldm.container import compress_file, decompress_file
     if a.cmd == 'compress':
         from mbldm.container import read_header
         from mbldm.metrics import bpp_from_bytes
-        out = compress_file(a.input, a.output or Path(a.input).with_suffix('.mbl'), a.codec)
+        out = compress_file(a.input, _output(a.output or Path(a.input).with_suffix('.mbl')), a.codec)
         data = out.read_bytes(); hd = read_header(data, str(out))  # sizes from the file just written: no second decode
-        return f"{out}: {len(data)} bytes, {bpp_from_bytes(len(data), hd.height, hd.width):.4f} bpp"
+        return f"{out}: {len(data)} bytes, {bpp_from_bytes(len(data), hd.height, hd.width):.4f} bpp ({hd.kind}:{hd.spec})"
     if a.cmd == 'decompress':
-        out = Path(a.output or Path(a.input).with_suffix('.png'))
+        out = _output(a.output or Path(a.input).with_suffix('.png'))
         img = decompress_file(a.input, out, a.codec)
         return f"{out}: {img.shape[-1]}x{img.shape[-2]}"
     if a.cmd == 'demo':
@@ -116,23 +173,23 @@ def _cmd(a) -> str:
         return f"report written to {run} (report.json, reconstructions.png, rd.png)"
     if a.cmd == 'run':
         from mbldm.experiments import run_experiment
-        return f"run folder: {run_experiment(a.experiment, a.config, a.param, a.run_dir)}"
-    if a.cmd == 'sample':
-        from mbldm.continuous import sample_checkpoint
-        paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, seed=a.seed)
-        return f"{len(paths)} samples written to {a.out}"
+        h = _stream_run_log()
+        try: return f"run folder: {run_experiment(a.experiment, a.config, a.param, a.run_dir, progress=False, log_output=True)}"
+        finally: logging.getLogger('papermill').removeHandler(h)
+    if a.cmd == 'sample': return _sample(a)
     if a.cmd == 'experiments':
         from mbldm.experiments import list_experiments
         return '\n'.join(list_experiments())
     if a.cmd == 'codecs':
         from mbldm.codec import pretrained_codecs
-        return '\n'.join(pretrained_codecs())
+        from mbldm.basecodecs import CODECS
+        return '\n'.join(pretrained_codecs() + [f"{k}:Q" for k in CODECS if k != 'mbl'])
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mbldm` command."
-    from mbldm.core import ImageError
+    from mbldm.experiments import ExperimentError
     args = _parser().parse_args(argv)
     try: print(_cmd(args))
-    except (ImageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"mbldm {args.cmd}: error: {e}", file=sys.stderr); return 2
+    except (ValueError, OSError, ImportError, UsageError, ExperimentError) as e:
+        print(f"mbldm {args.cmd}: error: {_message(e)}", file=sys.stderr); return 2
     return 0

@@ -4,122 +4,37 @@
 
 # %% ../nbs/24_continuous.ipynb #aef4d33c
 from __future__ import annotations
-import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from torch import Tensor
-from safetensors.torch import load_file as st_load
-from fastcore.basics import patch
 
-from .core import atomic_write, write_png, default_device, show_images
-from .diffusion import (make_schedule, q_sample, loss_weight, weighted_loss, Predictor, self_cond_input,
-                             sample_ddim, sample_ddpm, start_noise, v_from, OBJECTIVES)
+from .core import show_images
+from .diffusion import GaussianDiffusion
 from .unet import UnetConfig, Unet
-from .learner import Callback, latest_checkpoint
 from .latents import decode_latents
 from .codec import load_codec, Codec
-from .tracking import image_grid
+from .checkpoints import make_config
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'CONFIG_FORMAT', 'CODEC_FILE', 'LatentDiffusion', 'generate', 'trajectory', 'plot_trajectory',
-           'model_config', 'save_model_config', 'read_model_config', 'load_checkpoint', 'sample_checkpoint',
-           'SampleGridCB', 'sample_fid']
+__all__ = ['LatentDiffusion', 'generate', 'trajectory', 'plot_trajectory', 'model_config', 'from_config', 'generate_images']
 
 # %% ../nbs/24_continuous.ipynb #596ff904
 @dataclass
-class LatentDiffusion:
-    "Diffusion settings of the continuous latent model: schedule, objective, loss weighting, self-conditioning."
+class LatentDiffusion(GaussianDiffusion):
+    "`GaussianDiffusion` with the continuous latent model's defaults: sigmoid T=1000, eps, Min-SNR 5, self-conditioning."
     schedule:str='sigmoid'       # 'sigmoid' (lucidrains' default, spec 2.7), 'cosine' or 'linear'
-    T:int=1000                   # training timesteps
-    objective:str='eps'          # what the network predicts: 'eps' (paper Eq. 4), 'x0' or 'v'
-    weighting:str='min_snr'      # per-sample loss weight: 'min_snr', 'trunc_snr' or 'const'
-    gamma:float=5.               # Min-SNR gamma
+    weighting:str='min_snr'      # Min-SNR-gamma (Hang et al.), gamma = snr_gamma = 5
     self_condition:bool=True     # feed the previous x0 estimate to the network
-    self_cond_p:float=0.5        # training probability of computing a self-conditioning estimate
-    clip:float|None=1.           # clip x0 estimates to [-clip, clip] while sampling (None: no clipping)
 
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES: raise ValueError(f"LatentDiffusion: objective {self.objective!r} not in {OBJECTIVES}")
-        if not 0 <= self.self_cond_p <= 1: raise ValueError(f"LatentDiffusion: self_cond_p={self.self_cond_p} must be in [0, 1]")
-        self.sched = make_schedule(self.schedule, self.T)
-
-    def settings(self) -> dict: return {k: v for k, v in asdict(self).items()}
-
-# %% ../nbs/24_continuous.ipynb #5ecedc67
-def _unwrap(model): return getattr(model, 'module', model)  # DistributedDataParallel -> the Unet
-
-@patch
-def check_model(self:LatentDiffusion, model):
-    "Raise if `model`'s self-conditioning does not match these settings."
-    cfg = getattr(_unwrap(model), 'cfg', None)
-    if cfg is not None and cfg.self_condition != self.self_condition:
-        raise ValueError(f"LatentDiffusion(self_condition={self.self_condition}) needs a Unet with self_condition={self.self_condition}, got {cfg.self_condition}")
-
-@patch
-def denoiser(self:LatentDiffusion, model) -> Predictor:
-    "The samplers' `denoise(x, t, x0_prev) -> x0_hat` for `model` (a `diffusion.Predictor`)."
-    self.check_model(model)
-    return Predictor(model, self.sched, self.objective, self_cond=self.self_condition)
-
-@patch
-def target(self:LatentDiffusion, z0:Tensor, t:Tensor, eps:Tensor) -> Tensor:
-    "The regression target of the objective: eps, z0 or v."
-    if self.objective == 'eps': return eps
-    if self.objective == 'x0': return z0
-    return v_from(self.sched, z0, t, eps)
-
-# %% ../nbs/24_continuous.ipynb #d5659f23
-@patch
-def clipped(self:LatentDiffusion, denoise):
-    "`denoise` with its x0 estimate clipped to [-clip, clip], as the samplers clip it."
-    if self.clip is None: return denoise
-    return lambda x, t, x0_prev=None: denoise(x, t, x0_prev).clamp(-self.clip, self.clip)
-
-# %% ../nbs/24_continuous.ipynb #f76c543f
-@patch
-def loss(self:LatentDiffusion, model, # a `Unet` (or its DDP wrapper)
-         z0:Tensor, # (B, C, h, w) latents in [-1, 1]
-         t:Tensor|None=None, # (B,) timesteps (default: uniform on 0..T-1)
-         eps:Tensor|None=None) -> dict: # noise (default: N(0, I))
-    "Weighted loss of one batch: {'loss': Min-SNR weighted, 'mse': unweighted}."
-    if not torch.is_tensor(z0) or z0.ndim != 4: raise ValueError(f"LatentDiffusion.loss: expected latents (B, C, h, w), got {getattr(z0, 'shape', type(z0).__name__)}")
-    self.check_model(model)
-    t = torch.randint(0, self.T, (len(z0),), device=z0.device) if t is None else t
-    eps = torch.randn_like(z0) if eps is None else eps
-    zt = q_sample(self.sched, z0, t, eps)
-    kw = {'x_self_cond': self_cond_input(self.clipped(self.denoiser(model)), zt, t, self.self_cond_p)} if self.self_condition else {}
-    out, target = model(zt, t, **kw), self.target(z0, t, eps)
-    w = loss_weight(self.sched, t, self.objective, self.weighting, self.gamma)
-    return {'loss': weighted_loss(out, target, w), 'mse': weighted_loss(out.detach(), target)}
-
-@patch
-def loss_fn(self:LatentDiffusion, model, batch) -> dict:
-    "`Learner` loss: `batch` is a latent tensor (or a tuple whose first item is one)."
-    return self.loss(model, batch[0] if isinstance(batch, (tuple, list)) else batch)
-
-# %% ../nbs/24_continuous.ipynb #43ee3356
-@patch
-def sample(self:LatentDiffusion, model, n:int, # number of samples
-           shape:tuple, # latent shape (C, h, w), e.g. (6, 64, 64)
-           steps=None, # None: all T steps; 'ddimN', 'linspaceN', N or a list of kept timesteps
-           sampler:str='ddpm', # 'ddpm' (ancestral) or 'ddim'
-           eta:float=0., # DDIM noise (sampler='ddim')
-           generator:torch.Generator|None=None, callback=None, # `callback(dict(i, t, x, x0_hat))` every step
-           device=None) -> Tensor: # (n, C, h, w) latents in [-1, 1]
-    "Generate latents with the DDPM or DDIM sampler of `diffusion`."
-    if sampler not in ('ddpm', 'ddim'): raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-    device = device or next(_unwrap(model).parameters()).device
-    x = start_noise((n, *shape), generator=generator, device=generator.device if generator is not None else device).to(device)
-    clip = None if self.clip is None else (-self.clip, self.clip)
-    kw = dict(timesteps=steps, clip=clip, callback=callback, generator=generator)
-    was = model.training; model.eval()
-    try: return sample_ddpm(self.denoiser(model), x, self.sched, **kw) if sampler == 'ddpm' else sample_ddim(self.denoiser(model), x, self.sched, eta=eta, **kw)
-    finally: model.train(was)
+    def loss(self, model, z0:Tensor, t:Tensor|None=None, eps:Tensor|None=None, **cond) -> dict:
+        "`GaussianDiffusion.loss` on latents (B, C, h, w) in [-1, 1]."
+        if not torch.is_tensor(z0) or z0.ndim != 4: raise ValueError(f"LatentDiffusion.loss: expected latents (B, C, h, w), got {getattr(z0, 'shape', type(z0).__name__)}")
+        return super().loss(model, z0, t, eps, **cond)
 
 # %% ../nbs/24_continuous.ipynb #f03ea46f
 def generate(ld:LatentDiffusion, model, codec:str|Path|Codec, n:int, shape:tuple, batch_size:int=16, **kw) -> Tensor:
-    "Sample `n` latents in batches and decode them: (n, 3, 8h, 8w) images in [0, 1]."
+    "Sample `n` latents in batches and decode them: (n, 3, 8h, 8w) images in [0, 1] (`kw` go to `ld.sample`)."
     codec, out = load_codec(codec), []
     for i in range(0, n, batch_size):
         out.append(decode_latents(ld.sample(model, min(batch_size, n - i), shape, **kw), codec).cpu())
@@ -149,109 +64,20 @@ def plot_trajectory(frames:list, codec:str|Path|Codec, i:int=0, # which sample o
     return show_images(top + bottom, titles=titles, ncols=len(frames), size=size)
 
 # %% ../nbs/24_continuous.ipynb #3636ca29
-CONFIG_FILE, CONFIG_FORMAT, CODEC_FILE = 'config.json', 1, 'codec.safetensors'
-
 def model_config(ld:LatentDiffusion, cfg:UnetConfig, latent_shape:tuple, # (C, h, w) of the training latents
                  codec:str|Path|Codec|None=None, **extra) -> dict:
-    "JSON-able description of a continuous latent model (network, diffusion settings, data)."
-    c = {'format': CONFIG_FORMAT, 'kind': 'continuous', 'unet': asdict(cfg), 'diffusion': ld.settings(),
-         'latent_shape': list(latent_shape), **extra}
+    "The checkpoint config (kind 'continuous') of a continuous latent model."
+    c = dict(latent_shape=list(latent_shape), **extra)
     if codec is not None:
         codec_obj = load_codec(codec)
         c.update(codec=str(codec) if not isinstance(codec, Codec) else str(codec_obj.spec), codec_identity=codec_obj.identity)
-    return c
+    return make_config('continuous', asdict(cfg), ld.settings(), **c)
 
-def save_model_config(dir, config:dict, # from `model_config`
-                      codec:Codec|None=None) -> Path: # also store this codec as `dir/codec.safetensors`
-    "Write `config` as `dir/config.json` (and the codec beside it), atomically."
-    dir = Path(dir); dir.mkdir(parents=True, exist_ok=True)
-    if codec is not None: codec.save(dir/CODEC_FILE)
-    with atomic_write(dir/CONFIG_FILE, 'w') as f: json.dump(config, f, indent=1)
-    return dir/CONFIG_FILE
+def from_config(c:dict) -> tuple:
+    "(untrained Unet, LatentDiffusion) from a checkpoint config (the registry's hook)."
+    if 'latent_shape' not in c: raise ValueError("missing field 'latent_shape'")
+    return Unet(UnetConfig(**c['network'])), LatentDiffusion.from_settings(c['method'])
 
-# %% ../nbs/24_continuous.ipynb #d86e379d
-def _find_config(ckpt:Path) -> Path:
-    for d in (ckpt, ckpt.parent, ckpt.parent.parent):
-        if (d/CONFIG_FILE).is_file(): return d/CONFIG_FILE
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {ckpt} or its parent folders: it is written by save_model_config next to the checkpoints")
-
-def read_model_config(ckpt) -> dict:
-    "The checked `config.json` belonging to checkpoint folder `ckpt`."
-    p = _find_config(Path(ckpt))
-    try: c = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
-    missing = [k for k in ('format', 'unet', 'diffusion', 'latent_shape') if k not in c]
-    if missing: raise ValueError(f"{p}: missing field(s) {missing}")
-    if c['format'] != CONFIG_FORMAT: raise ValueError(f"{p}: format {c['format']} (this mbldm reads {CONFIG_FORMAT})")
-    return c
-
-def load_checkpoint(path, # a checkpoint folder (`step_*`) or a folder of them (the newest is used)
-                    device=None, ema:bool=True, # use `ema.safetensors` when present
-                   ) -> tuple: # (model in eval mode, LatentDiffusion, config dict)
-    "Rebuild a continuous latent model and its diffusion settings from a checkpoint folder."
-    p = latest_checkpoint(path)
-    c = read_model_config(p)
-    try: model, ld = Unet(UnetConfig(**c['unet'])), LatentDiffusion(**c['diffusion'])
-    except TypeError as e: raise ValueError(f"{_find_config(p)}: bad unet/diffusion settings ({e})") from None
-    w = p/'ema.safetensors' if ema and (p/'ema.safetensors').is_file() else p/'model.safetensors'
-    if not w.is_file(): raise FileNotFoundError(f"checkpoint {p} has no {w.name}")
-    model.load_state_dict(st_load(w))
-    return model.to(device or 'cpu').eval(), ld, c
-
-# %% ../nbs/24_continuous.ipynb #eaba4208
-def _codec_for(c:dict, codec, cfg_dir:Path) -> Codec:
-    "The codec to decode with: `codec`, else `codec.safetensors` beside config.json, else the codec named there."
-    if codec is None:
-        if (cfg_dir/CODEC_FILE).is_file(): codec = cfg_dir/CODEC_FILE
-        elif 'codec' in c: codec = c['codec']
-        else: raise ValueError(f"{cfg_dir/CONFIG_FILE} names no codec and there is no {CODEC_FILE} beside it: pass codec=...")
-    codec = load_codec(codec)
-    if c.get('codec_identity') and codec.identity != c['codec_identity']:
-        raise ValueError(f"codec {codec} is not the one the model was trained with (id {c['codec_identity'][:12]}); pass that codec file")
-    return codec
-
-def sample_checkpoint(ckpt, # checkpoint folder or folder of checkpoints
-                      out_dir, # where the PNGs go (created)
-                      n:int=16, # number of images
-                      steps=None, # None: all T steps; 'ddimN', N, ...
-                      sampler:str='ddpm', eta:float=0., seed:int=0,
-                      codec=None, # default: the codec named in config.json
-                      batch_size:int=16, device=None, ema:bool=True) -> list:
-    "Generate `n` images from a checkpoint into `out_dir/sample_XXXXX.png`; returns the paths."
-    device = torch.device(device) if device is not None else default_device()
-    model, ld, c = load_checkpoint(ckpt, device, ema)
-    codec, shape, out = _codec_for(c, codec, _find_config(latest_checkpoint(ckpt)).parent), tuple(c['latent_shape']), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    g, paths = torch.Generator(device).manual_seed(seed), []
-    for i in range(0, n, batch_size):
-        z = ld.sample(model, min(batch_size, n - i), shape, steps, sampler, eta, generator=g)
-        for j, im in enumerate(decode_latents(z, codec).cpu()): paths.append(write_png(im, out/f'sample_{i + j:05d}.png'))
-    return paths
-
-# %% ../nbs/24_continuous.ipynb #4c4f0874
-class SampleGridCB(Callback):
-    "Every `every` steps: `sample_fn(model) -> (B,3,H,W)` images with the EMA model, kept in `grids` and written to `dir`."
-    order = 65
-    def __init__(self, sample_fn, every:int=500, dir=None, use_ema:bool=True):
-        self.sample_fn, self.every, self.dir, self.use_ema, self.grids = sample_fn, every, dir, use_ema, []
-    def after_step(self):
-        l = self.learn
-        if l.step % self.every or not l.is_main: return
-        model = l.ema.model if self.use_ema and hasattr(l, 'ema') else l.model
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))), torch.no_grad():
-            grid = image_grid(self.sample_fn(model).float().clamp(0, 1).cpu())
-        self.grids.append((l.step, grid))
-        if self.dir is not None:
-            Path(self.dir).mkdir(parents=True, exist_ok=True)
-            write_png(grid, Path(self.dir)/f'samples_step_{l.step:07d}.png')
-
-# %% ../nbs/24_continuous.ipynb #ebcaa2e0
-def sample_fid(samples_dir, ref_dir, # folders of images
-               feature_extractor=None, # None: Inception if its file is present, else the pooled-pixels stand-in
-               kid:bool=True, device=None, mode:str='clean') -> dict:
-    "FID (and KID) of `samples_dir` against `ref_dir`, with a `label` saying whether it is the real metric."
-    from mbldm.metrics import folder_fid, inception_path, pooled_pixels_extractor
-    if feature_extractor is None and not inception_path(mode).exists(): feature_extractor = pooled_pixels_extractor(4)
-    r = folder_fid(samples_dir, ref_dir, feature_extractor, device=device or 'cpu', mode=mode, kid=kid)
-    r['label'] = 'FID (Inception)' if r['real_metric'] else f"STAND-IN FID ({r['extractor']}, not Inception): plumbing check only"
-    return r
+def generate_images(model, ld:LatentDiffusion, c:dict, n:int, codec:Codec, generator=None, **kw) -> Tensor:
+    "`n` decoded samples (n, 3, 8h, 8w) in [0, 1] (the registry's hook; `kw` go to `ld.sample`)."
+    return decode_latents(ld.sample(model, n, tuple(c['latent_shape']), generator=generator, **kw), codec)

@@ -11,7 +11,7 @@ import yaml
 
 # %% auto #0
 __all__ = ['experiments_dir', 'list_experiments', 'experiment_path', 'notebook_parameters', 'load_config', 'parse_overrides',
-           'resolve_params', 'runs_root', 'new_run_dir', 'run_experiment', 'data_path']
+           'resolve_params', 'runs_root', 'new_run_dir', 'ExperimentError', 'run_experiment', 'data_path']
 
 # %% ../nbs/04_experiments.ipynb #09c83773
 def experiments_dir() -> Path:
@@ -110,11 +110,15 @@ def new_run_dir(name:str, root:str|Path|None=None) -> Path:
     raise RuntimeError(f"could not create a run folder under {root}")
 
 # %% ../nbs/04_experiments.ipynb #e685e64f
+class ExperimentError(RuntimeError):
+    "An experiment notebook failed; the message names the cell and the executed notebook to open."
+
 def run_experiment(name:str|Path, # shipped experiment name or path to a notebook
                    config:str|Path|dict|None=None, # YAML file or dict of parameters
                    overrides:dict|list[str]|None=None, # `key=value` strings or a dict, applied last
                    run_dir:str|Path|None=None, # folder to run in (default: a new one under `runs_root()`)
                    progress:bool=True, # papermill's cell progress bar
+                   log_output:bool=False, # log every cell's start and output to the `papermill` logger as it runs
                   ) -> Path:
     "Execute experiment `name` with papermill into a run folder and return the folder."
     import papermill as pm
@@ -130,18 +134,26 @@ def run_experiment(name:str|Path, # shipped experiment name or path to a noteboo
     run_dir.mkdir(parents=True, exist_ok=True)
     params["run_dir"] = str(run_dir.resolve())
     with atomic_write(run_dir/"config.yaml", "w") as f: yaml.safe_dump(params, f, sort_keys=True)
-    pm.execute_notebook(str(nb), str(run_dir/nb.name), parameters=params, cwd=str(run_dir),
-                        progress_bar=progress, kernel_name="python3")
+    out = run_dir/nb.name
+    try: pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(run_dir), progress_bar=progress,
+                             log_output=log_output, kernel_name="python3")
+    except pm.PapermillExecutionError as e:
+        why = (e.evalue or '').strip().splitlines()
+        raise ExperimentError(f"{nb.stem}: cell {e.cell_index + 1} (In [{e.exec_count}]) failed with {e.ename}"
+                              f"{': ' + why[0] if why else ''}; the executed notebook, with outputs up to the failure, is {out}") from None
     return run_dir
 
 # %% ../nbs/04_experiments.ipynb #de0e037d
 def data_path(name:str, # sub-folder, e.g. 'mcm', 'kodak', 'sipi'
-              data_dir:str|Path|None=None, # explicit data folder (overrides everything)
+              data_dir:str|Path|None=None, # explicit data folder: the only place looked at
              ) -> Path:
     "Folder of data set `name`, or a clear error saying how to point mbldm at it."
     import mbldm
-    cands = [Path(data_dir)] if data_dir else []
-    if os.environ.get("MBLDM_DATA"): cands.append(Path(os.environ["MBLDM_DATA"]))
+    if data_dir:
+        d = Path(data_dir)/name
+        if not d.is_dir(): raise FileNotFoundError(f"data set {name!r} not found: data_dir {data_dir} has no '{name}' sub-folder")
+        return d
+    cands = [Path(os.environ["MBLDM_DATA"])] if os.environ.get("MBLDM_DATA") else []
     repo = Path(mbldm.__file__).resolve().parents[1]
     cands += [repo.parent/"shared"/"data", repo/"shared"/"data"]
     for c in cands:

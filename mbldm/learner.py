@@ -19,7 +19,7 @@ from .core import atomic_write, seed_everything, save_tensors
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'Learner', 'RecorderCB', 'smooth', 'ProgressCB', 'GradClipCB',
            'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state', 'list_checkpoints', 'latest_checkpoint',
-           'CheckpointCB', 'WandbCB', 'DDPCB']
+           'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
 
 # %% ../nbs/22_learner.ipynb #dd8fd6f0
 class CancelFitException(Exception): "Raise in a callback to end `fit` cleanly (`after_fit` still runs)."
@@ -42,12 +42,13 @@ class Learner:
                  loss_fn, # `loss_fn(model, batch) -> loss` or a dict with a 'loss' entry
                  data, # a DataLoader (or other re-iterable), or a callable returning one batch
                  opt_func=torch.optim.AdamW, # `opt_func(params, lr=lr)`
-                 lr:float=1e-4, # learning rate
+                 lr:float=1e-4, # learning rate (of every parameter group that sets none)
+                 params=None, # parameters or parameter groups (dicts with their own 'lr', ...); default: all of `model`'s
                  sched=None, # optional `sched(opt) -> LRScheduler`, stepped every step
                  cbs=(), # callbacks; a `RecorderCB` is always added
                  seed:int=0): # data-order seed: epoch e of a DataLoader is shuffled with `(seed, e)`
         self.model, self.loss_fn, self.data, self.lr, self.seed = model, loss_fn, data, lr, seed
-        self.opt = opt_func(model.parameters(), lr=lr)
+        self.opt = opt_func(model.parameters() if params is None else params, lr=lr)
         self.sched = sched(self.opt) if sched else None
         self.fwd_model, self.autocast = model, contextlib.nullcontext
         self.step, self.epoch, self.batch_in_epoch, self.n_steps = 0, 0, 0, 0
@@ -304,8 +305,10 @@ def save(self:Learner, path): # the checkpoint folder to create (replaced if it 
         for cb in self.cbs:
             if hasattr(cb, 'weights'): save_tensors(tmp/f'{cb.name}.safetensors', cb.weights())
         with atomic_write(tmp/'state.pt', 'wb') as f: torch.save(sd, f)
-        if path.exists(): shutil.rmtree(path)
+        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
+        if path.exists(): os.replace(path, old)      # set aside, never deleted before the new one is in place
         os.replace(tmp, path)
+        if old.exists(): shutil.rmtree(old)
     if self.world_size > 1: dist.barrier()
     return path
 
@@ -340,7 +343,7 @@ class CheckpointCB(Callback):
         return p
     def before_fit(self):  # remove folders of saves that were interrupted (a killed run)
         if self.learn.is_main and self.dir.is_dir():
-            for p in self.dir.glob('.step_*.tmp-*'): shutil.rmtree(p, ignore_errors=True)
+            for p in [*self.dir.glob('.step_*.tmp-*'), *self.dir.glob('.step_*.old-*')]: shutil.rmtree(p, ignore_errors=True)
     def after_step(self):
         if self.learn.step % self.every == 0: self.save()
     def after_fit(self):
@@ -406,6 +409,24 @@ class WandbCB(Callback):
         if self.sample_fn is not None and self.learn.step % self.sample_every == 0: self.log_samples()
     def after_fit(self):
         if self._own and self.run is not None: self.run.finish(); self.run, self._own = None, False
+
+# %% ../nbs/22_learner.ipynb #a65be901
+class SampleGridCB(Callback):
+    "Every `every` steps: `sample_fn(model) -> (B,3,H,W)` images with the EMA model, kept in `grids` and written to `dir`."
+    order = 65
+    def __init__(self, sample_fn, every:int=500, dir=None, use_ema:bool=True):
+        self.sample_fn, self.every, self.dir, self.use_ema, self.grids = sample_fn, every, dir, use_ema, []
+    def after_step(self):
+        l = self.learn
+        if l.step % self.every or not l.is_main: return
+        from mbldm.tracking import image_grid
+        from mbldm.core import write_png
+        model = l.ema.model if self.use_ema and isinstance(getattr(l, 'ema', None), EMACB) else l.model
+        with _fork_rng(), torch.no_grad(): grid = image_grid(self.sample_fn(model).float().clamp(0, 1).cpu())
+        self.grids.append((l.step, grid))
+        if self.dir is not None:
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
+            write_png(grid, Path(self.dir)/f'samples_step_{l.step:07d}.png')
 
 # %% ../nbs/22_learner.ipynb #9abec00e
 def _shard_loader(dl:DataLoader, seed:int) -> DataLoader:

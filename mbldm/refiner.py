@@ -4,26 +4,24 @@
 
 # %% ../nbs/25_refiner.ipynb #7480e6c2
 from __future__ import annotations
-import json
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 import torch
 from torch import nn, Tensor
 import pytorch_msssim
-from safetensors.torch import load_file
 
-from .core import atomic_write, image_batch
+from .core import image_batch
 from .color import pad_to_multiple, crop_to
 from .codec import Codec, load_codec
 from .latents import codes_to_unit, unit_to_codes
 from .unet import UnetConfig, Unet, refiner_default, count_params
 from .metrics import psnr, ssim, SSIM_WIN, SSIM_SIGMA, SSIM_K
-from .learner import latest_checkpoint
+from .checkpoints import make_config, save_config, load_model
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'REFINER_FORMAT', 'sample_sigmas', 'noisy_decode', 'random_crops', 'refiner_batch', 'Refiner',
-           'refiner_loss', 'refine', 'save_refiner_config', 'refiner_from_settings', 'load_refiner']
+__all__ = ['sample_sigmas', 'noisy_decode', 'random_crops', 'refiner_batch', 'Refiner', 'refiner_loss', 'refine',
+           'refiner_config', 'save_refiner_config', 'refiner_from_settings', 'from_config', 'load_refiner']
 
 # %% ../nbs/25_refiner.ipynb #397fe19e
 def sample_sigmas(n:int, # batch size
@@ -97,7 +95,7 @@ class Refiner(nn.Module):
         y = self.net(x)
         return x + y if self.residual else y
     def settings(self) -> dict:
-        "JSON-able description that rebuilds this refiner (`refiner_from_settings`)."
+        "JSON-able network settings that rebuild this refiner (`refiner_from_settings`)."
         return {'unet': asdict(self.cfg), 'residual': self.residual}
 
 # %% ../nbs/25_refiner.ipynb #af502f5d
@@ -130,47 +128,33 @@ def refine(model:Refiner, # a trained refiner
     return out.clamp(0, 1)[0] if images.ndim == 3 else out.clamp(0, 1)
 
 # %% ../nbs/25_refiner.ipynb #f74bf47e
-CONFIG_FILE = 'config.json'
-REFINER_FORMAT = 1
+def refiner_config(model:Refiner, # the refiner being trained
+                   **extra) -> dict: # anything JSON-able to record (codec, sigma_max, loss weights, ...)
+    "The checkpoint config (kind 'refiner') of `model`."
+    return make_config('refiner', model.settings(), {}, **extra)
 
 def save_refiner_config(dir, # the checkpoint folder (created)
-                        model:Refiner, # the refiner being trained
-                        **extra, # anything JSON-able to record (codec, sigma_max, loss weights, ...)
-                       ) -> Path: # the written config.json
-    "Write `dir/config.json`, from which `load_refiner` rebuilds the network."
-    d = Path(dir); d.mkdir(parents=True, exist_ok=True)
-    with atomic_write(d/CONFIG_FILE, 'w') as f: json.dump({'format': REFINER_FORMAT, **model.settings(), **extra}, f, indent=1)
-    return d/CONFIG_FILE
+                        model:Refiner, **extra) -> Path: # the written config.json
+    "Write `dir/config.json` (kind 'refiner'), from which `load_refiner` rebuilds the network."
+    return save_config(dir, refiner_config(model, **extra))
 
 def refiner_from_settings(s:dict) -> Refiner:
-    "An (untrained) `Refiner` from the dict written by `save_refiner_config`."
+    "An (untrained) `Refiner` from its network settings (`Refiner.settings()`)."
     if not isinstance(s, dict) or not isinstance(s.get('unet'), dict): raise ValueError("refiner config: no 'unet' mapping")
     known = {f.name for f in fields(UnetConfig)}
     unknown = set(s['unet']) - known
     if unknown: raise ValueError(f"refiner config: unknown U-Net fields {sorted(unknown)}")
     return Refiner(UnetConfig(**s['unet']), residual=bool(s.get('residual', True)))
 
+def from_config(c:dict) -> tuple:
+    "(untrained Refiner, None) from a checkpoint config (the registry's hook; a refiner has no method object)."
+    return refiner_from_settings(c['network']), None
+
 # %% ../nbs/25_refiner.ipynb #3fc28ca9
-def _weights_dir(p:Path) -> Path:
-    return p if (p/'model.safetensors').exists() else latest_checkpoint(p)
-
-def _find_config(p:Path, ck:Path) -> Path:
-    for d in (p, ck, ck.parent):
-        if (d/CONFIG_FILE).is_file(): return d/CONFIG_FILE
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {p} or beside its checkpoint {ck} (written by save_refiner_config)")
-
-def load_refiner(path, # checkpoint folder (newest step used), one step_* folder, or a folder with config.json + model.safetensors
-                 use_ema:bool=True, # load ema.safetensors when present
+def load_refiner(path, # checkpoint folder (newest step used), one step_* folder, or a folder with config.json + weights
+                 use_ema:bool=True, # load ema.safetensors (an error when the checkpoint has none)
                 ) -> Refiner: # in eval mode, on the CPU
-    "Rebuild a trained refiner from its checkpoint folder."
-    p = Path(path)
-    if not p.is_dir(): raise FileNotFoundError(f"refiner folder {p} does not exist")
-    ck = _weights_dir(p)
-    cfg = _find_config(p, ck)
-    try: s = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{cfg}: not valid JSON ({e})") from None
-    if s.get('format') != REFINER_FORMAT: raise ValueError(f"{cfg}: format {s.get('format')} (this mbldm reads {REFINER_FORMAT})")
-    m = refiner_from_settings(s)
-    f = ck/'ema.safetensors' if use_ema and (ck/'ema.safetensors').exists() else ck/'model.safetensors'
-    m.load_state_dict(load_file(f))
-    return m.eval()
+    "Rebuild a trained refiner from its checkpoint folder (`checkpoints.load_model`, kind checked)."
+    m, _, c = load_model(path, ema=use_ema)
+    if c['kind'] != 'refiner': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a refiner")
+    return m

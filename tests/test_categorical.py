@@ -11,6 +11,8 @@ from mbldm.categorical import (CategoricalDiffusion, logits_view, gumbel, gumbel
 from mbldm.diffusion import q_sample
 from mbldm.latents import codes_to_unit
 from mbldm.learner import Learner
+from mbldm.checkpoints import save_config, load_model, sample_checkpoint
+from safetensors.torch import save_file
 from mbldm.unet import Unet, tiny
 
 K = 256
@@ -175,21 +177,30 @@ def test_logits_view_layout():
     with pytest.raises(ValueError, match='Cbar'): logits_view(torch.zeros(1, 7, 2, 2))
 
 
-def test_settings_and_config_round_trip(random_codec):
+def test_settings_and_config_round_trip(random_codec, tmp_path):
     cd = CategoricalDiffusion(T=30, tau=0.5, weighting='const', codec=random_codec)
     net = Unet(tiny(channels=6, out_channels=6*K, self_condition=True, dim_mults=(1, 2)))
     c = json.loads(json.dumps(model_config(cd, net.cfg, (6, 2, 2), codec=random_codec)))
-    assert c['kind'] == 'categorical' and c['diffusion']['tau'] == 0.5
+    assert c['kind'] == 'categorical' and c['method']['tau'] == 0.5 and c['network']['out_channels'] == 6*K
     m2, cd2 = from_config(c)
     assert cd2.settings() == cd.settings() and m2.cfg == net.cfg
     m2.load_state_dict(net.state_dict())
     ims = generate(m2, cd2, c, 3, steps=4, generator=torch.Generator().manual_seed(0), codec=random_codec, batch_size=2)
     assert ims.shape == (3, 3, 16, 16) and 0 <= ims.min() and ims.max() <= 1
+    # through the checkpoint registry: save, load, sample with a temperature
+    ck = tmp_path/"checkpoints"
+    save_config(ck, c, codec=random_codec)
+    (ck/"step_0000001").mkdir()
+    save_file(net.state_dict(), ck/"step_0000001"/"model.safetensors")
+    m3, cd3, c3 = load_model(ck/"step_0000001", ema=False)
+    assert isinstance(cd3, CategoricalDiffusion) and cd3.settings() == cd.settings()
+    files = sample_checkpoint(ck/"step_0000001", tmp_path/"s", n=2, steps=3, temperature=0., device='cpu', ema=False)
+    assert len(files) == 2
     with pytest.raises(ValueError, match="kind must be 'categorical'"): from_config({**c, 'kind': 'continuous'})
-    with pytest.raises(ValueError, match='logit head'): from_config({**c, 'unet': {**c['unet'], 'out_channels': None}})
+    with pytest.raises(ValueError, match='logit head'): from_config({**c, 'network': {**c['network'], 'out_channels': None}})
     with pytest.raises(ValueError, match="objective must be 'x0'"): CategoricalDiffusion(objective='eps')
     with pytest.raises(ValueError, match='tau'): CategoricalDiffusion(tau=0.)
-    with pytest.raises(ValueError, match='no codec'): generate(m2, cd2, {**c, 'codec': None}, 1, steps=2)
+    with pytest.raises(ValueError, match='no codec'): generate(m2, CategoricalDiffusion(T=30, tau=0.5, weighting='const'), {**c, 'codec': None}, 1, steps=2)
 
 
 def test_sampler_feeds_back_the_soft_estimate(random_codec):

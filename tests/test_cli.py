@@ -41,3 +41,102 @@ def test_console_script_installed():
     assert exe.is_file(), f"the `mbldm` console script is not installed next to {sys.executable}"
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "compress" in r.stdout
+
+
+# ---- base codecs through the command line: container v2 -------------------------------------------------
+
+def test_jpeg_through_the_cli_is_pillow_exactly(tmp_path, capsys):
+    from mbldm.baselines import pillow_encode, pillow_decode
+    from mbldm.container import header_bytes, read_header
+    write_png(sample_image("chelsea")[:, :61, :90], tmp_path/"x.png")
+    assert main(["compress", str(tmp_path/"x.png"), "-o", str(tmp_path/"x.mbl"), "--codec", "jpeg:30"]) == 0
+    assert main(["decompress", str(tmp_path/"x.mbl"), "-o", str(tmp_path/"y.png")]) == 0
+    jp = pillow_encode(read_image(tmp_path/"x.png"), "JPEG", 30)
+    assert read_image(tmp_path/"y.png").equal(pillow_decode(jp))  # exactly Pillow's decoding of the same JPEG bytes
+    data = (tmp_path/"x.mbl").read_bytes()
+    assert len(data) == len(jp) + header_bytes("jpeg", "30") == len(jp) + 50
+    assert read_header(data).version == 2
+    out = capsys.readouterr().out
+    assert f"{8 * len(data) / (61 * 90):.4f} bpp" in out  # the bpp printed is the file's
+    assert main(["compress", str(tmp_path/"x.png"), "-o", str(tmp_path/"w.mbl"), "--codec", "webp:80"]) == 0
+    assert main(["decompress", str(tmp_path/"w.mbl"), "-o", str(tmp_path/"w.png")]) == 0
+    assert read_image(tmp_path/"w.png").equal(pillow_decode(pillow_encode(read_image(tmp_path/"x.png"), "WEBP", 80)))
+
+# ---- every user error is one line, exit 2 ---------------------------------------------------------------
+
+def one_line(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles: assert n in err, (n, err)
+    return err
+
+@pytest.fixture
+def png(tmp_path):
+    write_png(sample_image("coffee")[:, :16, :16], tmp_path/"x.png"); return tmp_path/"x.png"
+
+def test_output_folder_missing_or_a_file(tmp_path, png, capsys):
+    assert main(["compress", str(png), "-o", str(tmp_path/"nodir"/"x.mbl")]) == 2
+    err = one_line(capsys, f"output folder {tmp_path/'nodir'} does not exist")
+    assert ".tmp" not in err
+    assert main(["compress", str(png), "-o", str(png/"x.mbl")]) == 2  # NotADirectoryError territory
+    one_line(capsys, f"{png} is a file, not a folder")
+    assert main(["decompress", str(tmp_path/"missing.mbl"), "-o", str(tmp_path/"nodir"/"y.png")]) == 2
+    one_line(capsys, "nodir")
+
+def test_full_and_read_only_disks(tmp_path, png, capsys, monkeypatch):
+    import errno, os
+    def full(fd): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["compress", str(png), "-o", str(tmp_path/"a.mbl"), "--codec", "jpeg:50"]) == 2
+    one_line(capsys, "No space left on device", "disk is full")
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path/"a.mbl").exists()
+    monkeypatch.undo()
+    real_open = os.open
+    def read_only(path, *a, **k):  # what a read-only folder does to atomic_write's temporary file (tests run as root)
+        if str(path).endswith(".tmp"): raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(["compress", str(png), "-o", str(tmp_path/"b.mbl"), "--codec", "jpeg:50"]) == 2
+    err = one_line(capsys, f"{tmp_path/'b.mbl'}: Permission denied")
+    assert ".tmp" not in err  # the user's file, not atomic_write's temporary one
+
+NO_FAISS = "import sys; sys.modules['faiss'] = None; from mbldm.cli import main; sys.exit(main(sys.argv[1:]))"
+
+@pytest.mark.parametrize("cmd", ["compress", "demo"])
+def test_without_faiss_is_one_line(tmp_path, png, cmd):
+    args = ["compress", str(png), "-o", str(tmp_path/"x.mbl")] if cmd == "compress" else ["demo", "--out", str(tmp_path/"demo")]
+    r = subprocess.run([sys.executable, "-c", NO_FAISS, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "needs FAISS" in r.stderr and "pip install" in r.stderr
+
+def _checkpoint(root, weights):
+    from mbldm.continuous import LatentDiffusion, model_config, save_model_config
+    from mbldm.unet import tiny
+    from mbldm.core import save_tensors
+    save_model_config(root, model_config(LatentDiffusion(T=10), tiny(channels=3, dim=16, dim_mults=(1, 2)), (3, 8, 8), codec="VQ-8-8-8"))
+    step = root/"step_0000001"; step.mkdir()
+    (step/"state.pt").write_bytes(b"")
+    if isinstance(weights, bytes): (step/"model.safetensors").write_bytes(weights)
+    else: save_tensors(step/"model.safetensors", weights)
+    return root
+
+@pytest.mark.parametrize("weights", [b"\x00garbage" * 10, {"not.a.unet.weight": __import__("torch").zeros(3)}], ids=["corrupt", "mismatched"])
+def test_sample_bad_checkpoint_is_one_line(tmp_path, capsys, weights):
+    ck = _checkpoint(tmp_path/"ck", weights)
+    assert main(["sample", str(ck), "-o", str(tmp_path/"out"), "-n", "1", "--steps", "2"]) == 2
+    one_line(capsys, "checkpoint", str(ck))
+
+def test_run_failing_cell_names_cell_and_notebook_and_streams(tmp_path, capsys):
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, cells=[
+        nbformat.v4.new_code_cell("run_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print('progress-from-cell-2')"),
+        nbformat.v4.new_code_cell("raise RuntimeError('boom in the experiment')")])
+    nbformat.write(nb, tmp_path/"toy.ipynb")
+    assert main(["run", str(tmp_path/"toy.ipynb"), "--run-dir", str(tmp_path/"run")]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cell 4 (In [4])" in err and "RuntimeError: boom in the experiment" in err and str(tmp_path/"run"/"toy.ipynb") in err
+    assert "progress-from-cell-2" in out and "Executing Cell 3" in out  # streamed while it ran
+    assert (tmp_path/"run"/"toy.ipynb").is_file()

@@ -10,8 +10,10 @@ from mbldm.core import read_image
 from mbldm.unet import Unet, tiny
 from mbldm.learner import Learner, EMACB, CheckpointCB, smooth
 from mbldm.latents import unit_to_codes
-from mbldm.continuous import (LatentDiffusion, model_config, save_model_config, read_model_config, load_checkpoint,
-                              sample_checkpoint, generate, trajectory, sample_fid, SampleGridCB, CONFIG_FILE)
+from mbldm.learner import SampleGridCB
+from mbldm.metrics import sample_fid
+from mbldm.checkpoints import save_config, load_model, sample_checkpoint, CONFIG_FILE
+from mbldm.continuous import LatentDiffusion, model_config, generate, trajectory
 
 SHAPE = (6, 8, 8)
 
@@ -103,10 +105,10 @@ def test_other_objectives_train(objective):
 
 
 def fit_and_save(tmp_path, codec, steps=3):
-    ld = LatentDiffusion(T=30, schedule='linear', gamma=4.)
+    ld = LatentDiffusion(T=30, schedule='linear', snr_gamma=4.)
     model, z0 = net(), smooth_latents(4)
     ck = tmp_path/'checkpoints'
-    save_model_config(ck, model_config(ld, model.cfg, SHAPE, codec=codec, image_size=64), codec=codec)
+    save_config(ck, model_config(ld, model.cfg, SHAPE, codec=codec, image_size=64), codec=codec)
     learn = Learner(model, ld.loss_fn, lambda: z0, lr=1e-3, cbs=[EMACB(decay=0.5, every=1), CheckpointCB(ck, every=steps)])
     learn.fit(steps)
     return ld, learn, ck
@@ -116,13 +118,14 @@ def test_checkpoint_config_round_trip(tmp_path, codec):
     ld, learn, ck = fit_and_save(tmp_path, codec)
     c = json.loads((ck/CONFIG_FILE).read_text())
     assert c['latent_shape'] == list(SHAPE) and c['codec_identity'] == codec.identity and c['image_size'] == 64
-    m, ld2, c2 = load_checkpoint(ck)
+    assert (c['format'], c['kind'], c['method']['snr_gamma']) == (2, 'continuous', 4.)
+    m, ld2, c2 = load_model(ck)
     assert m.cfg == learn.model.cfg and ld2.settings() == ld.settings() and not m.training
     assert torch.equal(ld2.sched.abar, ld.sched.abar)
     x, t = torch.randn(2, *SHAPE), torch.tensor([3, 20])
     with torch.no_grad():
         assert torch.allclose(m(x, t), learn.ema.model(x, t))
-        raw, _, _ = load_checkpoint(ck/'step_0000003', ema=False)
+        raw, _, _ = load_model(ck/'step_0000003', ema=False)
         assert torch.allclose(raw(x, t), learn.model.eval()(x, t))
         assert not torch.allclose(raw(x, t), m(x, t))
 
@@ -143,10 +146,14 @@ def test_checkpoint_errors(tmp_path, codec):
     with pytest.raises(ValueError, match="not the one the model was trained with"):
         sample_checkpoint(ck, tmp_path/'o', n=1, steps=2, codec=other, device='cpu')
     (ck/CONFIG_FILE).write_text('{"format": 1}')
-    with pytest.raises(ValueError, match="missing field"): load_checkpoint(ck)
+    with pytest.raises(ValueError, match="without a 'unet' field"): load_model(ck)
+    (ck/CONFIG_FILE).write_text('{"format": 2, "kind": "continuous"}')
+    with pytest.raises(ValueError, match="missing field"): load_model(ck)
     (ck/CONFIG_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=CONFIG_FILE): load_checkpoint(ck)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"): load_checkpoint(tmp_path/'nothing')
+    with pytest.raises(FileNotFoundError, match=CONFIG_FILE): load_model(ck)
+    (tmp_path/'nothing').mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"): load_model(tmp_path/'nothing')
+    with pytest.raises(FileNotFoundError, match="does not exist"): load_model(tmp_path/'missing')
 
 
 def test_trajectory_frames():

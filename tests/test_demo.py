@@ -32,3 +32,22 @@ def test_demo_writes_report(tmp_path):
     x, x_hat = sample_image('coffee'), read_image(run/'coffee.OPQ-32-8-8.png')
     assert abs(psnr(x, x_hat, data_range=1.).item() - r['psnr_rgb']) < 0.05  # the PNG holds the decoded image (8-bit)
     for f in ('reconstructions.png', 'rd.png', 'rd_jpeg.json', 'rd_OPQ-32-8-8.json'): assert (run/f).is_file(), f
+    for f in ('reconstructions.png', 'rd.png'): assert read_image(run/f).shape[0] == 3  # complete PNGs
+    assert not list(run.glob('.*.tmp'))
+
+def test_demo_figures_are_written_atomically(tmp_path, monkeypatch):
+    "A figure that fails half-way leaves the old file (or none), never a partial PNG or a temporary file."
+    import pytest, matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from mbldm.cli import _save_figure
+    fig = plt.figure(); (tmp_path/'rd.png').write_bytes(b'old')
+    def broken(self, fname, **kw):
+        if hasattr(fname, 'write'): fname.write(b'\x89PNG partial')
+        else: open(fname, 'wb').write(b'\x89PNG partial')
+        raise OSError(28, 'No space left on device')
+    with monkeypatch.context() as m:
+        m.setattr(Figure, 'savefig', broken)
+        with pytest.raises(OSError): _save_figure(fig, tmp_path/'rd.png')
+    assert (tmp_path/'rd.png').read_bytes() == b'old' and not list(tmp_path.glob('.*.tmp'))
+    _save_figure(fig, tmp_path/'rd.png'); plt.close(fig)
+    assert read_image(tmp_path/'rd.png').shape[0] == 3

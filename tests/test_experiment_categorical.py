@@ -1,11 +1,10 @@
 """The `train_categorical` experiment: its default run (real checks on) and the paper config."""
 import json
 import torch
-from safetensors.torch import load_file as st_load
 
 from mbldm.core import read_image
 from mbldm.experiments import run_experiment, experiment_path, resolve_params, load_config
-from mbldm.categorical import from_config, generate
+from mbldm.checkpoints import load_model, sample_checkpoint
 
 
 def test_paper_config_matches_the_notebook():
@@ -28,9 +27,10 @@ def test_train_categorical_default_run(tmp_path):
     for f in ("loss.png", "samples.png", "trajectory.png", "temperatures.png", "samples/sample_00003.png",
               "checkpoints/config.json", "checkpoints/codec.safetensors", "checkpoints/step_0000600/ema.safetensors"):
         assert (run/f).is_file(), f
-    c = json.loads((run/"checkpoints/config.json").read_text())
-    assert c['kind'] == 'categorical' and c['unet']['out_channels'] == 6*256
-    model, cd = from_config(c)
-    model.load_state_dict(st_load(run/"checkpoints/step_0000600/ema.safetensors"))
-    ims = generate(model, cd, c, 2, steps=5, generator=torch.Generator().manual_seed(0), codec=run/"checkpoints/codec.safetensors")
-    assert ims.shape == (2, 3, 64, 64) and read_image(run/"samples/sample_00000.png").shape == (3, 64, 64)
+    model, cd, c = load_model(run/"checkpoints")
+    assert c['kind'] == 'categorical' and model.cfg.out_channels == 6*256 and cd.tau == 1.0
+    files = sample_checkpoint(run/"checkpoints", tmp_path/"more", n=2, steps=5, temperature=2.2, device='cpu')
+    assert len(files) == 2 and read_image(files[1]).shape == (3, 64, 64)
+    from mbldm.cli import main
+    assert main(["sample", str(run/"checkpoints"), "-o", str(tmp_path/"cli"), "-n", "1", "--steps", "3"]) == 0
+    assert [p.name for p in (tmp_path/"cli").iterdir()] == ["sample_00000.png"]

@@ -5,6 +5,7 @@ from PIL import Image
 from mbldm.codec import fit_codec, parse_spec, PATCH
 from mbldm.experiments import run_experiment, notebook_parameters, experiment_path
 from mbldm.metrics import load_rd_json
+from mbldm.container import header_bytes
 
 SIZES = [(168, 200), (170, 203)]  # one a multiple of 8, one padded; both big enough for 5-scale MS-SSIM
 SPECS = {'VQ-8-8-8': {}, 'PQ-16-8-8': {}, 'OPQ-16-8-8': dict(opq_niter=2), 'RQ-16-8-8': dict(beam_size=1)}
@@ -64,7 +65,7 @@ def test_numbers(run):
         assert 0 < r['ms_ssim_rgb'] <= 1, r
     for r in (r for r in rows if r['codec'] in SPECS):
         spec = parse_spec(r['codec']); h, w = res['images'][r['image']]
-        header = 30 + len(str(spec)) + 4  # magic, version, spec, identity, size; CRC
+        header = header_bytes('mbl', str(spec))  # container v2: header, one section header, CRC
         codes = spec.cbar * math.ceil(h / PATCH) * math.ceil(w / PATCH)
         assert r['nbytes'] == header + codes and r['bpp'] == pytest.approx(8 * (header + codes) / (h * w))
         if h % PATCH == 0 and w % PATCH == 0: assert r['bpp'] == pytest.approx(spec.bpp + 8 * header / (h * w))

@@ -15,18 +15,19 @@ def _images(n=6, size=48, seed=0):
 def test_train_refiner_runs(tmp_path):
     t0 = time.perf_counter()
     data = tmp_path/'data'/'synth'; data.mkdir(parents=True)
-    imgs = _images()
+    imgs = _images(8)
     for i, x in enumerate(imgs): write_png(x, data/f'im{i}.png')
     codec = fit_codec('VQ-8-8-8', list(imgs[:4]), n_train=5000, niter=2).save(tmp_path/'codec.safetensors')
     run = run_experiment('train_refiner', overrides=dict(data_dir=str(tmp_path/'data'), dataset='synth', codec=str(codec), crop=32,
-                         unet_dim=8, unet_dim_mults=[1, 2], steps=4, batch_size=2, ckpt_every=2, n_heldout=2, eval_crop=32,
-                         check_improvement=False, threads=1), run_dir=tmp_path/'run', progress=False)
+                         unet_dim=8, unet_dim_mults=[1, 2], steps=80, lr=0.004, batch_size=4, ckpt_every=40,
+                         n_heldout=2, eval_crop=32, max_train_s=0, threads=1), run_dir=tmp_path/'run', progress=False)
+    # check_improvement stays on: the notebook asserts that the held-out noisy decodes gain PSNR
     names = {p.name for p in run.iterdir()}
     assert {'train_refiner.ipynb', 'config.yaml', 'metrics.json', 'loss.png', 'refined.png', 'checkpoints'} <= names, names
     m = json.loads((run/'metrics.json').read_text())
-    assert m['steps'] == 4 and m['n_heldout'] == 2 and np.isfinite(m['noisy']['psnr_after'])
+    assert m['steps'] == 80 and m['n_heldout'] == 2 and m['noisy']['psnr_after'] > m['noisy']['psnr_before']
     ck = run/'checkpoints'
-    assert (ck/'config.json').is_file() and (ck/'step_0000004'/'ema.safetensors').is_file()
+    assert (ck/'config.json').is_file() and (ck/'step_0000080'/'ema.safetensors').is_file()
     r = load_refiner(ck)
     assert refine(r, imgs[0]).shape == imgs[0].shape
     assert time.perf_counter() - t0 < 90

@@ -9,7 +9,8 @@ from mbldm.unet import refiner_default
 from mbldm.learner import Learner, CheckpointCB
 from mbldm.metrics import psnr
 from mbldm.refiner import (Refiner, noisy_decode, random_crops, refiner_batch, refiner_loss, refine, sample_sigmas,
-                           save_refiner_config, refiner_from_settings, load_refiner, CONFIG_FILE)
+                           save_refiner_config, refiner_from_settings, load_refiner)
+from mbldm.checkpoints import CONFIG_FILE
 
 TINY = refiner_default(dim=8, dim_mults=(1, 2))
 def gen(s=0): return torch.Generator().manual_seed(s)
@@ -73,7 +74,8 @@ def test_config_round_trip(tmp_path):
     for cfg, res in [(TINY, True), (refiner_default(), False)]:
         r = Refiner(cfg, residual=res)
         s = json.loads(save_refiner_config(tmp_path/'a', r, sigma_max=0.01).read_text())
-        r2 = refiner_from_settings(s)
+        assert (s['format'], s['kind']) == (2, 'refiner')
+        r2 = refiner_from_settings(s['network'])
         ft.test_eq(r2.cfg, cfg); ft.test_eq(r2.residual, res); ft.test_eq(s['sigma_max'], 0.01)
     ft.test_fail(lambda: refiner_from_settings({'unet': {'dim': 8, 'bogus': 1}}), contains='bogus')
     ft.test_fail(lambda: refiner_from_settings({}), contains="'unet'")
@@ -83,12 +85,13 @@ def test_load_refiner_folders(tmp_path):
     ck = tmp_path/'checkpoints'
     save_refiner_config(ck, r)
     Learner(r, refiner_loss, lambda: (xn, xn.clamp(-.5, .5)), lr=1e-2, cbs=[CheckpointCB(ck, every=2)]).fit(3)
+    ft.test_fail(lambda: load_refiner(ck), contains='ema=False')   # trained without EMA
     for p in (ck, ck/'step_0000003'):
-        r2 = load_refiner(p)
+        r2 = load_refiner(p, use_ema=False)
         for k, v in r.state_dict().items(): ft.test_eq(r2.state_dict()[k], v)
         assert not r2.training
     ft.test_fail(lambda: load_refiner(tmp_path/'nope'), contains='does not exist')
     (tmp_path/'w').mkdir(); (ck/'step_0000003'/'model.safetensors').rename(tmp_path/'w'/'model.safetensors')
-    ft.test_fail(lambda: load_refiner(tmp_path/'w'), contains=CONFIG_FILE)
+    ft.test_fail(lambda: load_refiner(tmp_path/'w', use_ema=False), contains=CONFIG_FILE)
     (ck/CONFIG_FILE).write_text('{"format": 99, "unet": {}}')
-    ft.test_fail(lambda: load_refiner(ck), contains='format 99')
+    ft.test_fail(lambda: load_refiner(ck, use_ema=False), contains='format 99')
