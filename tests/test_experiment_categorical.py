@@ -5,6 +5,7 @@ import torch
 from mbldm.core import read_image
 from mbldm.experiments import run_experiment, experiment_path, resolve_params, load_config
 from mbldm.checkpoints import load_model, sample_checkpoint
+import mbldm.categorical  # registers the kind 'categorical' with the checkpoint loader
 
 
 def test_paper_config_matches_the_notebook():
