@@ -102,9 +102,11 @@ def load_model(path, # checkpoints folder, one step_* folder, or a folder with c
     if not w.is_file():
         hint = ': it was trained without EMA; load the raw weights with ema=False (mbldm sample: --no-ema)' if ema else ''
         raise FileNotFoundError(f"checkpoint {ck} has no {w.name}{hint}")
-    try: model.load_state_dict(st_load(w))
-    except (RuntimeError, SafetensorError) as e:
-        raise ValueError(f"{w}: the weights do not fit the {c['kind']} network described in {cfg_path} ({str(e).splitlines()[0][:200]})") from None
+    try: sd = st_load(w)
+    except (SafetensorError, OSError) as e: raise ValueError(f"{w}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+    try: model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ValueError(f"{w}: the weights do not fit the {c['kind']} network described in {cfg_path} ({' '.join(str(e).split())[:240]})") from None
     c['loaded'] = {'checkpoint': str(ck), 'weights': w.name, 'config': str(cfg_path)}
     return model.to(device or 'cpu').eval(), method, c
 

@@ -19,7 +19,7 @@ from .tracking import progress
 
 # %% auto #0
 __all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'CodecSpec', 'parse_spec', 'image_planes', 'channel_vectors',
-           'Codec', 'fit_codec', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
+           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
 
 # %% ../nbs/11_codec.ipynb #36984d37
 PATCH = 8  # patch side s
@@ -174,6 +174,19 @@ def decode_soft(self:Codec, probs:Tensor, # (B, Cbar, K, h, w) probabilities ove
     b, _, _, h, w = probs.shape
     vecs = [q.decode_soft(pp.permute(0, 3, 4, 1, 2).reshape(-1, q.m, K)) for q, pp in zip(self.quantizers, self._split(probs))]
     return self._assemble(vecs, b, h, w, size)
+
+# %% ../nbs/11_codec.ipynb #b8d2f1e3
+def ordering_pairs(specs, # codec specs (names as given are returned)
+                  ) -> list: # [(a, b, strict)]: PSNR(a) < PSNR(b) if strict, else PSNR(a) <= PSNR(b)
+    "The comparisons Table 1's ordering VQ < PQ <= OPQ <= RQ makes among `specs` (same bits, or VQ vs more bits)."
+    rank = {k: i for i, k in enumerate(('VQ', 'PQ', 'OPQ', 'RQ'))}
+    ss, out = [(s, parse_spec(s)) for s in specs], []
+    for a, sa in ss:
+        for b, sb in ss:
+            if rank[sa.kind] >= rank[sb.kind]: continue
+            if sa.kind == 'VQ': out.append((a, b, sum(sb.bits) > sum(sa.bits)))
+            elif sa.bits == sb.bits: out.append((a, b, False))
+    return out
 
 # %% ../nbs/11_codec.ipynb #4fd5ca5f
 CODEC_META_KEY = 'mbldm.codec'

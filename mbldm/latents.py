@@ -4,7 +4,7 @@
 
 # %% ../nbs/23_latents.ipynb #389c54d7
 from __future__ import annotations
-import json, warnings
+import hashlib, json, warnings
 from bisect import bisect_right
 from pathlib import Path
 import numpy as np
@@ -99,15 +99,24 @@ def _npy_header(path:Path) -> tuple:
     a = np.load(path, mmap_mode='r', allow_pickle=False)
     return a.shape, a.dtype
 
+def _fingerprints(folder:Path, files:list) -> list[str]:
+    "SHA-256 (first 16 hex digits) of every file's bytes: what a stored shard is checked against."
+    def sha(f):
+        try: return hashlib.sha256((folder/f).read_bytes()).hexdigest()[:16]
+        except OSError: return 'unreadable'  # skipped with a warning when encoded
+    return [sha(f) for f in files]
+
 def _reusable(out:Path, i:int, record:dict, shape:tuple):
-    "The stored record of shard `i` if it matches `record` and its array is complete, else None."
+    "(stored record of shard `i`, None) if it matches `record` and its array is complete, else (None, why not)."
     npy, js = (out/n for n in _shard_names(i))
+    if not js.exists(): return None, None  # a new shard: nothing to explain
     try:
         old = json.loads(js.read_text())
-        if any(old.get(k) != v for k, v in record.items()): return None
-        ok = _npy_header(npy) == ((old['count'], *shape), np.dtype(np.uint8))
-    except (OSError, ValueError, KeyError, TypeError): return None
-    return old if ok else None
+        diff = [k for k, v in record.items() if old.get(k) != v]
+        if diff: return None, f"made with different {', '.join(diff)}"
+        if _npy_header(npy) != ((old['count'], *shape), np.dtype(np.uint8)): return None, "array incomplete or of another shape"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e: return None, f"unreadable ({type(e).__name__})"
+    return old, None
 
 def _write_shard(out:Path, i:int, codes:np.ndarray, record:dict) -> dict:
     "Write shard `i` (array, then its record) atomically; returns the record."
@@ -117,14 +126,15 @@ def _write_shard(out:Path, i:int, codes:np.ndarray, record:dict) -> dict:
     return record
 
 # %% ../nbs/23_latents.ipynb #8bba208f
-def _index(codec:Codec, size:int, flip:bool, records:list, files:list) -> dict:
+def _index(codec:Codec, size:int, flip:bool, records:list, files:list, prints:list) -> dict:
     h = size // 8
+    sources_sha256 = hashlib.sha256(json.dumps([files, prints]).encode()).hexdigest()
     return {'format': LATENTS_FORMAT, 'codec_spec': str(codec.spec), 'codec_identity': codec.identity,
             'size': size, 'K': K, 'latent_shape': [codec.cbar, h, h], 'dtype': 'uint8', 'augment_flip': flip,
             'count': sum(r['count'] for r in records),
             'shards': [{'file': _shard_names(i)[0], 'count': r['count']} for i, r in enumerate(records)],
             'sources': [f for r in records for f in r['encoded']],
-            'skipped': [s for r in records for s in r['skipped']], 'n_files': len(files)}
+            'skipped': [s for r in records for s in r['skipped']], 'n_files': len(files), 'sources_sha256': sources_sha256}
 
 def _batches(chunks:list, batch:int, done:dict):
     "(shard, files, last) for every batch of every shard not in `done`."
@@ -142,7 +152,7 @@ def encode_folder(folder, # folder of images (sub-folders too if `recursive`)
                   exts=IMAGE_EXTS, # image file extensions
                   recursive:bool=True, # include sub-folders
                   augment_flip:bool=False, # also encode the horizontal mirror of every image
-                  resume:bool=True, # keep shards of an interrupted run with the same settings
+                  resume:bool=True, # keep stored shards made from the same images (by content), codec, size and flip
                   progress:bool=True, # show a progress bar
                  ) -> Path: # `out_dir`
     "Encode every image of `folder` once into `uint8` index-map shards plus an `index.json`."
@@ -156,7 +166,12 @@ def encode_folder(folder, # folder of images (sub-folders too if `recursive`)
     chunks = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
     shape = (codec.cbar, size // 8, size // 8)
     base = {'codec_identity': codec.identity, 'size': size, 'augment_flip': augment_flip}
-    done = {i: r for i, c in enumerate(chunks) if resume and (r := _reusable(out, i, {**base, 'files': c}, shape))}
+    prints = [_fingerprints(folder, c) for c in chunks]
+    done = {}
+    for i, c in enumerate(chunks if resume else []):
+        old, why = _reusable(out, i, {**base, 'files': c, 'sha256': prints[i]}, shape)
+        if old: done[i] = old
+        elif why: warnings.warn(f"encode_folder: {out/_shard_names(i)[0]} is {why}: encoding it again")
     todo = _batches(chunks, batch, done)
     n = sum(-(-len(c) // batch) for i, c in enumerate(chunks) if i not in done)
     codes, ok, skipped = [], [], []
@@ -166,11 +181,11 @@ def encode_folder(folder, # folder of images (sub-folders too if `recursive`)
         ok += o; skipped += s
         if not last: continue
         arr = np.concatenate(codes) if codes else np.zeros((0, *shape), np.uint8)
-        rec = {**base, 'files': chunks[i], 'count': len(arr), 'encoded': ok, 'skipped': skipped}
+        rec = {**base, 'files': chunks[i], 'sha256': prints[i], 'count': len(arr), 'encoded': ok, 'skipped': skipped}
         done[i] = _write_shard(out, i, arr, rec)
         codes, ok, skipped = [], [], []
     records = [done[i] for i in range(len(chunks))]
-    idx = _index(codec, size, augment_flip, records, files)
+    idx = _index(codec, size, augment_flip, records, files, prints)
     if idx['count'] == 0: raise ValueError(f"encode_folder: none of the {len(files)} images in {folder} could be read (see the warnings)")
     with atomic_write(out/INDEX_FILE, 'w') as f: json.dump(idx, f, indent=1)
     return out

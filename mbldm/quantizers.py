@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-try: import faiss
-except ImportError: faiss = None  # decoding needs only torch; training and encoding need FAISS (the cpu or gpu extra)
 from torch import Tensor
 from fastcore.basics import patch
 from .core import save_tensors, load_tensors
@@ -78,8 +76,15 @@ class Quantizer:
         return f"Quantizer({self.kind!r}, m={self.m}, d={self.d}, bits={self.bits}, {state})"
 
 # %% ../nbs/10_quantizers.ipynb #99360cfd
+def _faiss(what:str):
+    "The `faiss` module, imported on first use: decoding is pure torch, only training and encoding need FAISS."
+    try: import faiss
+    except ImportError: raise ImportError(f"{what} needs FAISS: pip install 'mbldm[cpu]' (faiss-cpu) or 'mbldm[gpu]' (faiss-gpu)") from None
+    return faiss
+
 def _faiss_encoder(kind, cb:np.ndarray, beam_size:int):
     "A FAISS PQ or RQ that encodes with the codebooks `cb` (m, K, dsub)."
+    faiss = _faiss(f'{kind}.encode')
     m, k, dsub = cb.shape
     if kind == 'RQ':
         enc = faiss.ResidualQuantizer(dsub, m, 8)
@@ -95,6 +100,7 @@ def _faiss_encoder(kind, cb:np.ndarray, beam_size:int):
 
 def _faiss_rotation(R:np.ndarray):
     "A trained FAISS `OPQMatrix` applying `x @ R.T`."
+    faiss = _faiss('OPQ.encode')
     rot = faiss.OPQMatrix(R.shape[0], 1)
     faiss.copy_array_to_vector(np.ascontiguousarray(R, dtype=np.float32).ravel(), rot.A)
     rot.is_trained, rot.is_orthonormal = True, True
@@ -113,20 +119,17 @@ def _set_codebooks(self:Quantizer, codebooks, rotation=None, meta=None):
     self._enc = self._rot = None  # FAISS objects are built on first `encode`, so decoding works without FAISS
     return self
 
-def _need_faiss(what:str):
-    if faiss is None: raise ImportError(f"{what} needs FAISS: pip install 'mbldm[cpu]' (faiss-cpu) or 'mbldm[gpu]' (faiss-gpu)")
-
 @patch
 def _encoder(self:Quantizer):
     "The FAISS encoder (and OPQ rotation) built from the stored tensors, on first use."
     if self._enc is None:
-        _need_faiss(f'{self.kind}.encode')
         self._enc = _faiss_encoder(self.kind, self.codebooks.numpy(), self.beam_size)
         self._rot = _faiss_rotation(self.rotation.numpy()) if self.kind == 'OPQ' else None
     return self._enc, self._rot
 
 # %% ../nbs/10_quantizers.ipynb #64245610
 def _fit_pq(x, m, niter, seed, verbose):
+    faiss = _faiss('PQ.fit')
     pq = faiss.ProductQuantizer(x.shape[1], m, 8)
     _no_subsampling(pq.cp, len(x), niter, seed)
     pq.verbose = verbose
@@ -135,6 +138,7 @@ def _fit_pq(x, m, niter, seed, verbose):
 
 def _fit_opq(x, m, niter, seed, opq_niter, verbose):
     n, d = x.shape
+    faiss = _faiss('OPQ.fit')
     opq, inner = faiss.OPQMatrix(d, m), faiss.ProductQuantizer(d, m, 8)
     inner.cp.seed = seed
     opq.pq, opq.niter, opq.max_train_points, opq.verbose = inner, opq_niter, n, verbose
@@ -144,6 +148,7 @@ def _fit_opq(x, m, niter, seed, opq_niter, verbose):
     return _fit_pq(opq.apply(x), m, niter, seed, verbose), R
 
 def _fit_rq(x, m, niter, seed, beam_size, verbose):
+    faiss = _faiss('RQ.fit')
     rq = faiss.ResidualQuantizer(x.shape[1], m, 8)
     rq.train_type, rq.max_beam_size, rq.verbose = faiss.ResidualQuantizer.Train_default, beam_size, verbose
     _no_subsampling(rq.cp, len(x) * beam_size, niter, seed)
@@ -160,7 +165,7 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
         verbose:bool=False, # FAISS's own progress prints
        ) -> Quantizer:
     "Train the codebooks (and OPQ rotation) on `x`; the same data and seed give the same codebooks."
-    _need_faiss(f'{self.kind}.fit')
+    faiss = _faiss(f'{self.kind}.fit')
     x = as_vectors(x, self.d, f'{self.kind}.fit')
     xt = train_sample(x, n_train, seed)
     if len(xt) < K: raise ValueError(f"{self.kind}.fit: need at least K={K} training vectors, got {len(xt)}")

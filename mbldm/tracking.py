@@ -6,11 +6,10 @@
 __all__ = ['MODES', 'has_api_key', 'resolve_mode', 'Run', 'init_run', 'image_grid', 'master_progress', 'progress']
 
 # %% ../nbs/03_tracking.ipynb #57fc685f
-import os, netrc
+import os, io, netrc, contextlib
 from pathlib import Path
 from urllib.parse import urlsplit
 import torch
-import wandb
 from fastcore.basics import patch
 from fastprogress import fastprogress as fp
 
@@ -18,9 +17,15 @@ from fastprogress import fastprogress as fp
 MODES = ('online', 'offline', 'disabled')
 _ALIASES = {'run': 'online', 'dryrun': 'offline', 'shared': 'online'}
 
+def _wandb():
+    "The `wandb` module, imported on first use (it takes about a second, and only runs need it)."
+    try: import wandb
+    except ImportError as e: raise ImportError(f"W&B tracking needs the wandb package ({e}): pip install wandb") from None
+    return wandb
+
 def _wandb_host() -> str:
     "Host name of the W&B server that `wandb login` would store a key for."
-    url = os.environ.get('WANDB_BASE_URL') or wandb.Settings().base_url
+    url = os.environ.get('WANDB_BASE_URL') or _wandb().Settings().base_url
     return urlsplit(url).netloc or url
 
 def has_api_key() -> bool:
@@ -66,10 +71,11 @@ class Run:
     def __repr__(self): return f"Run(mode={self.mode!r}, dir={self.dir})"
 
 # %% ../nbs/03_tracking.ipynb #37852170
-def _settings(mode:str, silent:bool, init_timeout:float, settings=None) -> wandb.Settings:
+def _settings(mode:str, silent:bool, init_timeout:float, settings=None):
+    "The `wandb.Settings` of a run that cannot block (`settings` given by the caller override them)."
     base = dict(mode=mode, silent=silent, init_timeout=init_timeout, console='off' if silent else 'auto')
     if settings is not None: base.update(settings.model_dump(exclude_unset=True))
-    return wandb.Settings(**base)
+    return _wandb().Settings(**base)
 
 def init_run(project:str='mbldm', # W&B project name
              config:dict|None=None, # hyperparameters stored with the run
@@ -87,7 +93,7 @@ def init_run(project:str='mbldm', # W&B project name
                            "`wandb login` once), or use mode='offline' (sync later) / 'disabled'.")
     if mode != 'disabled' and dir is not None: Path(dir).mkdir(parents=True, exist_ok=True)
     st = _settings(mode, silent, init_timeout, kw.pop('settings', None))
-    wb = wandb.init(project=project, config=config, name=name, dir=None if mode == 'disabled' else dir,
+    wb = _wandb().init(project=project, config=config, name=name, dir=None if mode == 'disabled' else dir,
                     settings=st, **kw)
     return Run(wb, mode)
 
@@ -117,9 +123,10 @@ def image_grid(imgs:torch.Tensor, # (B,3,H,W) images in [0,1]
     return grid
 
 # %% ../nbs/03_tracking.ipynb #4d00f733
-def _to_wandb_image(imgs, caption=None) -> wandb.Image:
+def _to_wandb_image(imgs, caption=None):
+    "A `wandb.Image` of the grid of `imgs`."
     arr = (image_grid(imgs) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return wandb.Image(arr, caption=caption)
+    return _wandb().Image(arr, caption=caption)
 
 @patch
 def log_images(self:Run, key:str, imgs, step:int|None=None, caption:str|None=None):
@@ -144,7 +151,8 @@ def progress(iterable, # anything iterable (a generator works too)
             ):
     "A fastprogress bar over `iterable`: HTML in notebooks, text in terminals, silent in captured output."
     if total is None: total = len(iterable) if hasattr(iterable, '__len__') else 'noinfer'
-    pb = fp.progress_bar(iterable, total=total, leave=leave, parent=parent,
-                         display=parent is None and _visible())
+    show = parent is None and _visible()
+    with contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO()):  # its probe character
+        pb = fp.progress_bar(iterable, total=total, leave=leave, parent=parent, display=show)
     pb.comment = desc or ''
     return pb

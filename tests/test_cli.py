@@ -111,14 +111,16 @@ def test_without_faiss_is_one_line(tmp_path, png, cmd):
     assert "needs FAISS" in r.stderr and "pip install" in r.stderr
 
 def _checkpoint(root, weights):
-    from mbldm.continuous import LatentDiffusion, model_config, save_model_config
+    from mbldm.continuous import LatentDiffusion, model_config
+    from mbldm.checkpoints import save_config
     from mbldm.unet import tiny
     from mbldm.core import save_tensors
-    save_model_config(root, model_config(LatentDiffusion(T=10), tiny(channels=3, dim=16, dim_mults=(1, 2)), (3, 8, 8), codec="VQ-8-8-8"))
+    save_config(root, model_config(LatentDiffusion(T=10), tiny(channels=3, dim=16, dim_mults=(1, 2)), (3, 8, 8), codec="VQ-8-8-8"))
     step = root/"step_0000001"; step.mkdir()
     (step/"state.pt").write_bytes(b"")
-    if isinstance(weights, bytes): (step/"model.safetensors").write_bytes(weights)
-    else: save_tensors(step/"model.safetensors", weights)
+    for f in ("model.safetensors", "ema.safetensors"):
+        if isinstance(weights, bytes): (step/f).write_bytes(weights)
+        else: save_tensors(step/f, weights)
     return root
 
 @pytest.mark.parametrize("weights", [b"\x00garbage" * 10, {"not.a.unet.weight": __import__("torch").zeros(3)}], ids=["corrupt", "mismatched"])

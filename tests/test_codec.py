@@ -46,3 +46,14 @@ def test_decode_soft_gradcheck(random_codec):
         p = torch.rand(1, codec.cbar, K, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         p = (p / p.sum(2, keepdim=True)).requires_grad_()
         assert torch.autograd.gradcheck(lambda q: codec.decode_soft(q, size=(7, 6)), (p,), eps=1e-6, atol=1e-6)
+
+def test_ordering_pairs():
+    from mbldm.codec import ordering_pairs
+    t1 = ['VQ-8-8-8', 'PQ-32-8-8', 'OPQ-32-8-8', 'RQ-32-8-8']
+    assert ordering_pairs(t1) == [('VQ-8-8-8', 'PQ-32-8-8', True), ('VQ-8-8-8', 'OPQ-32-8-8', True), ('VQ-8-8-8', 'RQ-32-8-8', True),
+                                  ('PQ-32-8-8', 'OPQ-32-8-8', False), ('PQ-32-8-8', 'RQ-32-8-8', False), ('OPQ-32-8-8', 'RQ-32-8-8', False)]
+    assert ordering_pairs(['RQ-32-8-8', 'OPQ-32-8-8']) == [('OPQ-32-8-8', 'RQ-32-8-8', False)]  # order of specs does not matter
+    assert ordering_pairs(['opq-32-8-8', 'RQ-32-8-8']) == [('opq-32-8-8', 'RQ-32-8-8', False)]  # names come back as given
+    assert ordering_pairs(['PQ-16-8-8', 'RQ-32-8-8', 'OPQ-64-16-16']) == []  # no two at the same bits, no VQ
+    assert ordering_pairs(['VQ-8-8-8']) == [] and ordering_pairs([]) == []
+    with pytest.raises(ValueError, match='KIND-Y-Cb-Cr'): ordering_pairs(['JPEG-75'])

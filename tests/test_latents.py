@@ -152,11 +152,31 @@ def test_index_written_last_and_resume(folder, tmp_path, codec, monkeypatch):
     encode(folder, out, codec, shard_size=3, batch=3)
     assert calls['n'] == 11
     assert len(LatentDataset(out)) == 5
-    # a different codec invalidates the stored shards
+    # a different codec invalidates the stored shards: both are encoded again, and the warnings say why
     other = Codec('OPQ-32-8-8', [codec.quantizers[0], codec.quantizers[2], codec.quantizers[1]])
     calls['n'] = 10
-    encode(folder, out, other, shard_size=3, batch=3)
+    w = encode(folder, out, other, shard_size=3, batch=3)
     assert calls['n'] == 12 and LatentDataset(out).identity == other.identity
+    assert sum('made with different codec_identity: encoding it again' in m for m in w) == 2, w
+
+
+def test_changed_image_under_the_same_name_is_reencoded(folder, tmp_path, codec, images):
+    "Shards are reused by content, not by file name: an edited image re-encodes its shard (with a warning), only that one."
+    out = tmp_path/"lat"
+    encode(folder, out, codec, shard_size=3)
+    idx0, calls, real = read_index(out), {'n': 0}, latents._encode_batch
+    assert len(idx0['sources_sha256']) == 64
+    write_png(images['astronaut'].flip(-1), folder/"astronaut.png")  # shard 0 holds astronaut, bad, chelsea
+    def counting(*a): calls['n'] += 1; return real(*a)
+    latents._encode_batch = counting
+    try: w = encode(folder, out, codec, shard_size=3)
+    finally: latents._encode_batch = real
+    assert calls['n'] == 1, calls  # shard 0 only
+    assert [m for m in w if 'encoding it again' in m] == [f"encode_folder: {out/'shard-00000.npy'} is made with different sha256: encoding it again"]
+    ds = LatentDataset(out)
+    assert torch.equal(ds.codes(0), codec.encode(prepare_image(images['astronaut'].flip(-1), SIZE))[0])
+    assert ds.index['sources_sha256'] != idx0['sources_sha256'] and ds.index['sources'] == idx0['sources']
+    assert not [m for m in encode(folder, out, codec, shard_size=3) if 'encoding it again' in m]  # nothing changed: all reused, silently
 
 
 def test_encode_errors(tmp_path, codec):

@@ -102,3 +102,43 @@ def test_progress_yields_everything():
     assert list(progress(range(10), total=3)) == [0, 1, 2]  # an explicit total caps the loop (fastprogress)
     mb = master_progress(range(3))
     assert [(e, b) for e in mb for b in progress(range(2), parent=mb)] == [(e, b) for e in range(3) for b in range(2)]
+
+def _run_python(code):
+    root = str(Path(mbldm.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]), "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+def test_wandb_and_faiss_load_only_when_used():
+    "Importing the codec, container, diffusion core and U-Net loads neither wandb nor FAISS; the first call that needs one does."
+    out = _run_python("""
+        import sys, torch
+        import mbldm.codec, mbldm.container, mbldm.diffusion, mbldm.unet
+        def loaded(): return [m for m in ('wandb', 'faiss') if m in sys.modules]
+        print('import', loaded())
+        c = mbldm.codec.load_codec('OPQ-32-8-8')
+        c.decode(torch.zeros(1, 6, 2, 2, dtype=torch.long)); list(mbldm.tracking.progress(range(3)))
+        print('decode', loaded())
+        c.encode(torch.rand(3, 16, 16)); print('encode', loaded())
+        mbldm.tracking.init_run(mode='disabled').finish(); print('run', loaded())
+        """)
+    assert out.split("\n")[:4] == ["import []", "decode []", "encode ['faiss']", "run ['wandb', 'faiss']"], out
+
+def test_imports_work_without_wandb_and_faiss():
+    "With wandb and FAISS unimportable, everything but runs and encoding works, and those name the package to install."
+    out = _run_python("""
+        import sys, torch
+        sys.modules['wandb'] = sys.modules['faiss'] = None  # `import wandb` / `import faiss` raise ImportError
+        import mbldm.codec, mbldm.container, mbldm.diffusion, mbldm.unet
+        c = mbldm.codec.load_codec('OPQ-32-8-8')
+        print(tuple(c.decode(torch.zeros(1, 6, 2, 2, dtype=torch.long)).shape), list(mbldm.tracking.progress(range(3))))
+        for f in (lambda: mbldm.tracking.init_run(mode='disabled'), lambda: c.encode(torch.rand(3, 16, 16))):
+            try: f()
+            except ImportError as e: print('ImportError:', e)
+        """)
+    lines = out.splitlines()
+    assert lines[0] == "(1, 3, 16, 16) [0, 1, 2]", out
+    assert lines[1].startswith("ImportError: W&B tracking needs the wandb package") and "pip install wandb" in lines[1], out
+    assert lines[2].startswith("ImportError: OPQ.encode needs FAISS") and "mbldm[cpu]" in lines[2], out
