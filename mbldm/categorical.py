@@ -17,7 +17,7 @@ from .quantizers import K
 from .codec import Codec, load_codec
 from .unet import UnetConfig, Unet
 from .learner import Callback
-from .checkpoints import register_kind, checkpoint_codec
+from .checkpoints import checkpoint_codec
 from . import continuous
 
 # %% auto #0
@@ -221,8 +221,6 @@ def temperature_strip(frames:list, codec, temperatures=(0., .1, 1., 2.), i:int=0
     return [[codec.decode(sample_codes(f['logits'][i:i+1], tp, generator))[0] for f in frames] for tp in temperatures]
 
 # %% ../nbs/26_categorical.ipynb #47385933
-register_kind('categorical', 'mbldm.categorical')   # so that `checkpoints.load_model` rebuilds these models
-
 def model_config(cd:CategoricalDiffusion, cfg:UnetConfig, latent_shape:tuple, # (Cbar, h, w) of the training latents
                  codec=None, **extra) -> dict:
     "The checkpoint config of a categorical model: `continuous.model_config`'s fields with kind 'categorical'."
