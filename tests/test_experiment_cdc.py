@@ -8,7 +8,7 @@ def test_train_cdc_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(KINDS, 'cdc', 'mbldm.cdc')
     t0 = time.perf_counter()
     run = run_experiment('train_cdc', overrides=dict(warmup_steps=60, lambdas=[0.01, 3.0], steps_per_lambda=60, n_eval=2, eval_crop=64,
-                         decode_steps=5, gammas=[0.0, 1.0], timing_steps=[1, 5], threads=2), run_dir=tmp_path/'run', progress=False)
+                         decode_steps=5, gammas=[0.0, 1.0], timing_steps=[1, 5]), run_dir=tmp_path/'run', progress=False)
     # the notebook's own checks stay on: bpp falls as lambda grows; one file (one bpp) for every gamma
     m = json.loads((run/'metrics.json').read_text())
     lam = m['lambdas']

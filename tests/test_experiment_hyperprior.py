@@ -11,7 +11,7 @@ def test_train_hyperprior_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(KINDS, 'hyperprior', 'mbldm.hyperprior')
     t0 = time.perf_counter()
     run = run_experiment('train_hyperprior', overrides=dict(lambdas=[0.004, 0.05], steps=200, max_train_s=0, n_eval=3, eval_crop=256,
-                         jpeg_qualities=[30, 75], webp_qualities=[50], threads=2), run_dir=tmp_path/'run', progress=False)
+                         jpeg_qualities=[30, 75], webp_qualities=[50]), run_dir=tmp_path/'run', progress=False)
     # the notebook's own checks stay on: file bpp within max_gap (5%) of the likelihood estimate on unseen Kodak crops,
     # PSNR rising with rate, decoded files equal to the eval-mode forward (<= 1e-4)
     names = {p.name for p in run.iterdir()}
