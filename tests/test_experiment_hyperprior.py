@@ -12,7 +12,7 @@ def test_train_hyperprior_runs(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     run = run_experiment('train_hyperprior', overrides=dict(lambdas=[0.004, 0.05], steps=200, max_train_s=0, n_eval=3, eval_crop=256,
                          jpeg_qualities=[30, 75], webp_qualities=[50]), run_dir=tmp_path/'run', progress=False)
-    # the notebook's own checks stay on: file bpp within max_gap (5%) of the likelihood estimate on unseen Kodak crops,
+    # the notebook's own checks stay on: file bpp within max_gap (8%) of the likelihood estimate on unseen Kodak crops,
     # PSNR rising with rate, decoded files equal to the eval-mode forward (<= 1e-4)
     names = {p.name for p in run.iterdir()}
     assert {'metrics.json', 'rd.png', 'loss.png', 'rd_hyperprior.json', 'rd_jpeg.json', 'rd_webp.json', 'lambda_0.004'} <= names, names
@@ -20,7 +20,7 @@ def test_train_hyperprior_runs(tmp_path, monkeypatch):
     hp = m['hyperprior']
     assert hp['0.004']['steps'] == 200 and hp['0.004']['bpp_strings'] < hp['0.05']['bpp_strings']
     assert hp['0.004']['psnr'] < hp['0.05']['psnr']
-    for r in hp.values(): assert abs(r['gap_strings']) < 0.05 and r['bpp_file'] > r['bpp_strings']
+    for r in hp.values(): assert abs(r['gap_strings']) < 0.08 and r['bpp_file'] > r['bpp_strings']
     rd = load_rd_json(run/'rd_hyperprior.json')
     assert len(rd['results']['bpp']) == 2 and set(m['speed_mps']) == {'hyperprior_encode', 'hyperprior_decode', 'jpeg_encode', 'jpeg_decode'}
     x = sample_image('coffee')[:, :80, :100]   # the trained checkpoint is a codec for any image
