@@ -136,7 +136,7 @@ def test_file_codec_for_other_gamma_and_steps(ckpt, tmp_path):
     f = tmp_path/'x.mbl'; f.write_bytes(compress(x, CdcCodec(ckpt, gamma=0., steps=2)))
     from mbldm.cdc import file_codec
     from mbldm.container import decompress_file
-    c = file_codec(f, gamma=0., steps=2)
+    c = file_codec(f, gamma=0., steps=2, ckpt=ckpt)
     assert (c.gamma, c.steps) == (0., 2) and torch.equal(decompress_file(f, None, c), decompress_file(f, None, c))
     g = tmp_path/'j.mbl'; g.write_bytes(compress(x, 'jpeg:50'))
     with pytest.raises(ValueError, match='cdc files only'): file_codec(g)
