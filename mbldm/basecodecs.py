@@ -4,7 +4,7 @@
 
 # %% ../nbs/13a_basecodecs.ipynb #e9ee2a89
 from __future__ import annotations
-import io
+import importlib, io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +18,7 @@ from .codec import Codec, load_codec, parse_spec, PATCH
 from .baselines import pillow_encode, from_pil
 
 # %% auto #0
-__all__ = ['CODECS', 'BaseCodec', 'PillowCodec', 'ModelCodec', 'Registered', 'register_codec', 'base_codec']
+__all__ = ['CODECS', 'BaseCodec', 'PillowCodec', 'ModelCodec', 'Registered', 'register_codec', 'lazy_factory', 'base_codec']
 
 # %% ../nbs/13a_basecodecs.ipynb #a04f0e26
 def _one(x, fn:str) -> Tensor:
@@ -153,6 +153,17 @@ def _model(s):
 register_codec('jpeg', _pillow('JPEG'), 'jpeg:30')
 register_codec('webp', _pillow('WEBP'), 'webp:80')
 register_codec('mbl', _model, 'OPQ-32-8-8')
+
+# %% ../nbs/13a_basecodecs.ipynb #e30d3ec1
+def lazy_factory(module:str, # module defining the codec, imported on first use
+                 name:str, # its factory function: text after 'prefix:' -> (BaseCodec, rate)
+                ) -> Callable:
+    "A registry factory that imports `module` only when a spec of its prefix is used."
+    def factory(s): return getattr(importlib.import_module(module), name)(s)
+    return factory
+
+register_codec('hyperprior', lazy_factory('mbldm.hyperprior', 'hyperprior_codec'), 'hyperprior:tiny')
+register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), 'cdc:tiny')
 
 # %% ../nbs/13a_basecodecs.ipynb #68e94aaa
 def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-8', 'mbl:OPQ-32-8-8', a codec file, a Codec

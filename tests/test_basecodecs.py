@@ -42,3 +42,9 @@ def test_registry_parses_user_specs(tmp_path):
     for bad, msg in [("jpeg:abc", "integer"), ("jpeg:0", "not one of"), ("gif:3", "unknown codec 'gif'"),
                      ("XQ-1-2-3", "codec spec"), ("RQ-24-8-8", "no shipped codec")]:
         with pytest.raises(ValueError, match=msg): base_codec(bad)
+
+def test_learned_codecs_are_registered_lazily():
+    import subprocess, sys
+    code = "import sys, mbldm.basecodecs as b; print('compressai' in sys.modules, 'mbldm.hyperprior' in sys.modules, sorted(b.CODECS))"
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split(' ', 2)
+    assert out[:2] == ['False', 'False'] and "'cdc'" in out[2] and "'hyperprior'" in out[2]
