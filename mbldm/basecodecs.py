@@ -131,13 +131,13 @@ def roundtrip(self:ModelCodec, x:Tensor, rate=None) -> tuple:
 class Registered:
     "A registered codec prefix: its factory and an example spec (used by the docs and the contract test)."
     factory:Callable  # text after 'prefix:' -> (BaseCodec, rate)
-    example:str
+    example:str|None
 
 CODECS = {}
 
 def register_codec(prefix:str, # lower-case name, also the container kind
                    factory:Callable, # text after 'prefix:' -> (BaseCodec, rate)
-                   example:str, # a spec that works out of the box, e.g. 'jpeg:30'
+                   example:str|None, # a spec that works out of the box, e.g. 'jpeg:30' (None: none ships yet)
                   ):
     "Make `prefix:...` specs (and `.mbl` files of kind `prefix`) known to mbldm."
     CODECS[prefix] = Registered(factory, example)
@@ -163,7 +163,7 @@ def lazy_factory(module:str, # module defining the codec, imported on first use
     return factory
 
 register_codec('hyperprior', lazy_factory('mbldm.hyperprior', 'hyperprior_codec'), 'hyperprior:tiny')
-register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), 'cdc:tiny')
+register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), None)  # no example yet: the shipped cdc:tiny (150 CPU steps) is a plumbing model, not a reconstruction
 
 # %% ../nbs/13a_basecodecs.ipynb #68e94aaa
 def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-8', 'mbl:OPQ-32-8-8', a codec file, a Codec
@@ -176,4 +176,4 @@ def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-
         if prefix.lower() not in CODECS: raise ValueError(f"unknown codec {prefix!r} in {s!r}; registered: {', '.join(CODECS)}")
         return CODECS[prefix.lower()].factory(rest)
     try: return _model(s)
-    except ValueError as e: raise ValueError(f"{e}; other codecs: {', '.join(r.example for r in CODECS.values())}") from None
+    except ValueError as e: raise ValueError(f"{e}; other codecs: {', '.join(r.example for r in CODECS.values() if r.example)}") from None
