@@ -164,7 +164,7 @@ def jpg(tmp_path):
     from PIL import Image
     from mbldm.core import to_uint8
     a = to_uint8(sample_image("chelsea")[:, :40, :56])
-    Image.fromarray(a.transpose(1, 2, 0) if a.shape[0] == 3 else a).save(tmp_path/"x.jpg", quality=30)
+    Image.fromarray(a).save(tmp_path/"x.jpg", quality=30)
     return tmp_path/"x.jpg"
 
 def test_enhance_jpeg_untrained_is_the_jpeg(tmp_path, jpg, capsys):
