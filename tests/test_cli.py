@@ -142,3 +142,82 @@ def test_run_failing_cell_names_cell_and_notebook_and_streams(tmp_path, capsys):
     assert "cell 4 (In [4])" in err and "RuntimeError: boom in the experiment" in err and str(tmp_path/"run"/"toy.ipynb") in err
     assert "progress-from-cell-2" in out and "Executing Cell 3" in out  # streamed while it ran
     assert (tmp_path/"run"/"toy.ipynb").is_file()
+
+
+# ---- DIRAC: mbldm enhance, mbldm decompress --enhance ---------------------------------------------------
+
+def _dirac_ckpt(d, zero=True, thresholds=None):
+    "A tiny DIRAC checkpoint folder (config.json + weights); `zero`: the untrained, zero-output network."
+    import torch
+    from safetensors.torch import save_file
+    from mbldm.adm import ADMUnet, adm_tiny
+    from mbldm.dirac import Dirac, save_dirac_config
+    torch.manual_seed(0)
+    net = ADMUnet(adm_tiny())
+    if not zero:
+        for p in net.parameters():
+            if p.ndim > 1 and p.abs().sum() == 0: torch.nn.init.normal_(p, std=0.05)
+    save_dirac_config(d, net, Dirac(), 'jpeg', rate_range=(5, 50), thresholds=thresholds)
+    for f in ('model.safetensors', 'ema.safetensors'): save_file(net.state_dict(), d/f)
+    return d
+
+@pytest.fixture
+def jpg(tmp_path):
+    from PIL import Image
+    from mbldm.core import to_uint8
+    a = to_uint8(sample_image("chelsea")[:, :40, :56])
+    Image.fromarray(a).save(tmp_path/"x.jpg", quality=30)
+    return tmp_path/"x.jpg"
+
+def test_enhance_jpeg_untrained_is_the_jpeg(tmp_path, jpg, capsys):
+    from mbldm.dirac import threshold_table
+    import torch
+    ck = _dirac_ckpt(tmp_path/"ck", thresholds=threshold_table({10: torch.linspace(-.2, .2, 11), 30: torch.linspace(-.1, .1, 11)}, 1., 'jpeg'))
+    assert main(["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "JPEG quality 30 (estimated)" in out and "DIRAC-1" in out and "thresholds [-0.100, 0.100] of jpeg:30 (nearest to 30)" in out, out
+    assert read_image(tmp_path/"y.png").equal(read_image(jpg))   # zero-output network: exactly the JPEG
+    assert main(["enhance", str(jpg), "-o", str(tmp_path/"z.png"), "--model", str(ck), "--late-start", "--quality", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "DIRAC-100 (late start)" in out and "quality 12 (given)" in out and "[-0.200, 0.200] of jpeg:10 (nearest to 12)" in out, out
+
+def test_enhance_trained_changes_the_image(tmp_path, jpg, capsys):
+    ck = _dirac_ckpt(tmp_path/"ck", zero=False)
+    assert main(["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--steps", "3"]) == 0
+    assert "no threshold table for jpeg:30" in capsys.readouterr().out
+    y = read_image(tmp_path/"y.png")
+    assert y.shape == (3, 40, 56) and not y.equal(read_image(jpg))
+
+def test_enhance_errors_are_one_line(tmp_path, jpg, png, capsys):
+    from mbldm.refiner import Refiner, save_refiner_config
+    ck = _dirac_ckpt(tmp_path/"ck")
+    save_refiner_config(tmp_path/"ref", Refiner())
+    (tmp_path/"junk.jpg").write_bytes(b"not an image at all")
+    cases = [
+        (["enhance", str(png), "-o", str(tmp_path/"y.png"), "--model", str(ck)], "not a JPEG file (it is PNG)"),
+        (["enhance", str(tmp_path/"junk.jpg"), "-o", str(tmp_path/"y.png"), "--model", str(ck)], "not a JPEG file"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(tmp_path/"ref")], "a refiner checkpoint, not a DIRAC model"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(tmp_path/"nothing")], "config.json"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--max-pixels", "1000"], "more than --max-pixels 1000"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--late-start", "--steps", "50"], "81..100"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--steps", "101"], "1..100"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--quality", "0"], "--quality"),
+        (["enhance", str(tmp_path/"missing.jpg"), "-o", str(tmp_path/"y.png"), "--model", str(ck)], "missing.jpg"),
+        (["decompress", str(tmp_path/"a.mbl"), "-o", str(tmp_path/"y.png"), "--steps", "3"], "need --enhance"),
+    ]
+    for args, msg in cases:
+        assert main(args) == 2, args
+        one_line(capsys, msg)
+    assert not (tmp_path/"y.png").exists()
+
+@pytest.mark.parametrize("spec", ["jpeg:20", "webp:50", "model"])
+def test_decompress_enhance_any_base_codec(tmp_path, png, codec_file, capsys, spec):
+    ck = _dirac_ckpt(tmp_path/"ck", zero=False)
+    extra = ["--codec", str(codec_file)] if spec == "model" else []
+    assert main(["compress", str(png), "-o", str(tmp_path/"a.mbl"), "--codec", str(codec_file) if spec == "model" else spec]) == 0
+    assert main(["decompress", str(tmp_path/"a.mbl"), "-o", str(tmp_path/"b.png"), *extra]) == 0
+    assert main(["decompress", str(tmp_path/"a.mbl"), "-o", str(tmp_path/"c.png"), "--enhance", str(ck), "--steps", "2", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "enhanced, DIRAC-2" in out, out
+    b, c = read_image(tmp_path/"b.png"), read_image(tmp_path/"c.png")
+    assert b.shape == c.shape == (3, 16, 16) and not b.equal(c)
