@@ -20,7 +20,7 @@ __all__ = ['CONFIG_FILE', 'CONFIG_FORMAT', 'CODEC_FILE', 'KINDS', 'register_kind
 # %% ../nbs/05_checkpoints.ipynb #3432412e
 CONFIG_FILE, CONFIG_FORMAT, CODEC_FILE = 'config.json', 2, 'codec.safetensors'
 KINDS = {'continuous': 'mbldm.continuous', 'refiner': 'mbldm.refiner', 'categorical': 'mbldm.categorical',
-         'hyperprior': 'mbldm.hyperprior', 'cdc': 'mbldm.cdc'}
+         'dirac': 'mbldm.dirac', 'hyperprior': 'mbldm.hyperprior', 'cdc': 'mbldm.cdc'}
 
 def register_kind(kind:str, # the `kind` written in config.json
                   module:str): # importable module with `from_config` (and `generate_images` for generators)

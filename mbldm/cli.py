@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--eta', type=float, default=0., help='DDIM noise (with --sampler ddim)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--refiner', default=None, help='a refiner checkpoint applied to every sample (Continuous + Refiner)')
+    s.add_argument('--temperature', type=float, default=None, help='categorical models: sampling temperature (0: argmax)')
     s.add_argument('--no-ema', dest='ema', action='store_false', help='load the raw weights instead of the EMA weights')
     sub.add_parser('experiments', help='list the shipped experiments')
     sub.add_parser('codecs', help='list the shipped codecs')
@@ -164,7 +165,8 @@ def _stream_run_log():
 def _sample(a) -> str:
     from mbldm.checkpoints import sample_checkpoint
     try: paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, eta=a.eta, seed=a.seed,
-                                   ema=a.ema, refiner=a.refiner)
+                                   ema=a.ema, refiner=a.refiner,
+                                   **({} if a.temperature is None else {'temperature': a.temperature}))
     except (ValueError, OSError, ImportError): raise
     except Exception as e:
         why = ' '.join(str(e).split()); why = why if len(why) < 240 else why[:240] + '...'
