@@ -19,7 +19,8 @@ __all__ = ['SSIM_WIN', 'SSIM_SIGMA', 'SSIM_K', 'MS_SSIM_MIN_SIDE', 'INCEPTION_UR
            'lpips_backbone_path', 'lpips_model', 'lpips_distance', 'fid_from_features', 'kid_from_features',
            'inception_path', 'pooled_pixels_extractor', 'image_features', 'folder_fid', 'sample_fid', 'crop_boxes',
            'crops256_half_overlap', 'fid256', 'bpp_from_bits', 'bpp_from_bytes', 'bpp_from_file',
-           'bpp_from_likelihoods', 'save_rd_json', 'load_rd_json', 'plot_rd']
+           'bpp_from_likelihoods', 'save_rd_json', 'load_rd_json', 'plot_rd', 'code_histogram_jsd', 'high_freq_energy',
+           'diversity']
 
 # %% ../nbs/02_metrics.ipynb #aa0a2a2b
 def _pair(x, y, fn:str):
@@ -376,3 +377,33 @@ def plot_rd(runs, # RD dicts, paths to RD JSON files, or a mix (one curve each)
     ax.set_xlabel('bit-rate [bpp]'); ax.set_ylabel(f"{metric} [dB]" if db or metric.startswith('psnr') else metric)
     ax.grid(alpha=.3); ax.legend()
     return ax
+
+# %% ../nbs/02_metrics.ipynb #022a820c
+def code_histogram_jsd(codes_a:Tensor, codes_b:Tensor, # integer index maps (B, C, h, w) of two sets
+                       K:int=256) -> Tensor: # (C,) JS divergence in bits, per latent channel
+    "Per-channel Jensen-Shannon divergence between the code histograms of two sets of index maps."
+    if codes_a.ndim != 4 or codes_b.ndim != 4 or codes_a.shape[1] != codes_b.shape[1]:
+        raise ValueError(f"expected index maps (B, C, h, w) with equal C, got {tuple(codes_a.shape)} and {tuple(codes_b.shape)}")
+    for z in (codes_a, codes_b):
+        if z.is_floating_point() or z.min() < 0 or z.max() >= K: raise ValueError(f"codes must be integers in [0, {K - 1}]")
+    def hist(z): 
+        h = torch.stack([torch.bincount(z[:, c].flatten().long(), minlength=K).double() for c in range(z.shape[1])])
+        return h/h.sum(1, keepdim=True)
+    p, q = hist(codes_a), hist(codes_b); m = (p + q)/2
+    kl = lambda a, b: torch.where(a > 0, a*(a/b).log2(), torch.zeros_like(a)).sum(1)
+    return ((kl(p, m) + kl(q, m))/2).float()
+
+def high_freq_energy(imgs:Tensor, # (B, 3, H, W) or (B, 1, H, W) in [0, 1]
+                     cutoff:float=0.5) -> float: # in units of the Nyquist frequency
+    "Mean share of the mean-removed luminance spectrum's energy above `cutoff` x Nyquist."
+    if imgs.ndim != 4: raise ValueError(f"expected images (B, C, H, W), got {tuple(imgs.shape)}")
+    y = imgs.float().mean(1); y = y - y.mean((-2, -1), keepdim=True)
+    e = torch.fft.fft2(y).abs()**2
+    r = torch.maximum(torch.fft.fftfreq(y.shape[-2]).abs()[:, None], torch.fft.fftfreq(y.shape[-1]).abs()[None])/0.5
+    return ((e*(r > cutoff)).sum((-2, -1))/e.sum((-2, -1)).clamp_min(1e-12)).mean().item()
+
+def diversity(imgs:Tensor) -> float: # (B, ...) images, B >= 2
+    "Mean pairwise RMS distance between the images of a batch (0: all identical)."
+    if len(imgs) < 2: raise ValueError("diversity needs at least 2 images")
+    x = imgs.flatten(1).float(); n = len(x)
+    return (torch.cdist(x, x).sum()/(n*(n - 1))/x.shape[1]**0.5).item()

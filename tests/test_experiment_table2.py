@@ -30,13 +30,19 @@ def test_table2_runs_on_given_checkpoints(tmp_path):
     ccfg = tiny(channels=6, out_channels=6*256, self_condition=True)
     cat = Unet(ccfg); save_config(tmp_path/"cat", categorical_config(CategoricalDiffusion(T=20), ccfg, (6, 8, 8), codec='OPQ-32-8-8'))
     ref = Refiner(tiny(time_emb=None, mid_attn=False)); save_config(tmp_path/"ref", refiner_config(ref))
+    from mbldm.core import sample_image, write_png
+    data = tmp_path/"data"/"tiny_cats"; data.mkdir(parents=True)    # no ../shared needed
+    for i, name in enumerate(['astronaut', 'coffee', 'chelsea', 'rocket', 'camera', 'astronaut']):
+        write_png(sample_image(name)[:, 40*i:40*i + 80, 60:140], data/f"img{i}.png")
     run = run_experiment('table2', overrides=dict(
         continuous=str(_step(tmp_path/"cont", cont)), categorical=str(_step(tmp_path/"cat", cat)), refiner=str(_step(tmp_path/"ref", ref)),
-        n_samples=3, sample_steps=4, n_ref=6), run_dir=tmp_path/"run", progress=False)
+        n_samples=3, sample_steps=4, n_ref=6, data_dir=str(tmp_path/"data"), dataset='tiny_cats'), run_dir=tmp_path/"run", progress=False)
     t = json.loads((run/"table2.json").read_text())
     assert list(t['rows']) == ['Continuous', 'Continuous + Refiner', 'Categorical Rev. (tau=1.0)', 'Categorical Rev. (tau=2.2)']
     for r in t['rows'].values():
         assert r['n_samples'] == 3 and r['n_ref'] == 6 and r['fid'] == r['fid'] and ('STAND-IN' in r['label'] or 'Inception' in r['label'])
+        assert 0 <= r['code_jsd_mean'] <= 1 and len(r['code_jsd_per_channel']) == 6
+        assert r['hf_energy_ratio'] > 0 and r['diversity_ratio'] > 0 and r['seconds_per_sample'] > 0
     assert t['rows']['Categorical Rev. (tau=2.2)']['paper_fid_lsun_cat'] == 13.75
     assert t['rows']['Categorical Rev. (tau=2.2)']['paper_fid_lsun_church'] is None
     md = (run/"table2.md").read_text()
