@@ -109,6 +109,7 @@ class _Up(nn.Module):
 # %% ../nbs/21a_adm.ipynb #6d406530
 class Seq(nn.ModuleList):
     "Blocks applied in order, each given the time embedding (guided-diffusion's `TimestepEmbedSequential`)."
+    def __init__(self, blocks:list): super().__init__(blocks)  # its own signature (ModuleList's annotations do not resolve in the docs)
     def forward(self, x:Tensor, emb:Tensor) -> Tensor:
         for m in self: x = m(x, emb) if not isinstance(m, nn.Conv2d) else m(x)
         return x
