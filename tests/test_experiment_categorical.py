@@ -15,11 +15,11 @@ def test_paper_config_matches_the_notebook():
     assert (p['lr'], p['ema_decay'], p['ema_every'], p['T'], p['weighting'], p['tau'], p['temperature']) == (1e-4, 0.995, 10, 1000, 'min_snr', 1.0, 1.0)
 
 
-def test_train_categorical_default_run(tmp_path):
+def test_train_categorical_default_run(tmp_path, standin_data):
     "The CPU default run (300 CIFAR-10 cats, 600 steps) with its checks ON: every loss term falls by more than half,"
     "argmax accuracy at t=0 above 5x chance. Only the sampling at the end is shortened."
     run = run_experiment('train_categorical', overrides=dict(
-        n_samples=4, sampler='ddim', sample_steps='ddim10', n_ref=16, sample_every=300, ckpt_every=300),
+        data_dir=str(standin_data), n_samples=4, sampler='ddim', sample_steps='ddim10', n_ref=16, sample_every=300, ckpt_every=300),
         run_dir=tmp_path/"run", progress=False)
     m = json.loads((run/"metrics.json").read_text())
     assert m['steps'] == 600 and m['n_train'] == 300 and m['latent_shape'] == [6, 8, 8]

@@ -4,10 +4,10 @@ from mbldm.checkpoints import KINDS
 from mbldm.experiments import run_experiment, notebook_parameters, experiment_path, load_config, resolve_params, experiments_dir
 from mbldm.metrics import load_rd_json
 
-def test_train_cdc_runs(tmp_path, monkeypatch):
+def test_train_cdc_runs(tmp_path, monkeypatch, standin_data):
     monkeypatch.setitem(KINDS, 'cdc', 'mbldm.cdc')
     t0 = time.perf_counter()
-    run = run_experiment('train_cdc', overrides=dict(warmup_steps=60, lambdas=[1e-5, 1e-2], steps_per_lambda=60, n_eval=2, eval_crop=64,
+    run = run_experiment('train_cdc', overrides=dict(data_dir=str(standin_data), warmup_steps=60, lambdas=[1e-5, 1e-2], steps_per_lambda=60, n_eval=2, eval_crop=64,
                          decode_steps=5, gammas=[0.0, 1.0], timing_steps=[1, 5]), run_dir=tmp_path/'run', progress=False)
     # the notebook's own checks stay on: bpp falls as lambda grows; one file (one bpp) for every gamma
     m = json.loads((run/'metrics.json').read_text())

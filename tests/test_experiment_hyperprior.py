@@ -7,10 +7,10 @@ from mbldm.metrics import load_rd_json
 from mbldm.container import compress, decompress
 from mbldm.core import sample_image
 
-def test_train_hyperprior_runs(tmp_path, monkeypatch):
+def test_train_hyperprior_runs(tmp_path, monkeypatch, standin_data):
     monkeypatch.setitem(KINDS, 'hyperprior', 'mbldm.hyperprior')
     t0 = time.perf_counter()
-    run = run_experiment('train_hyperprior', overrides=dict(lambdas=[0.004, 0.05], steps=200, max_train_s=0, n_eval=3, eval_crop=256,
+    run = run_experiment('train_hyperprior', overrides=dict(data_dir=str(standin_data), lambdas=[0.004, 0.05], steps=200, max_train_s=0, n_eval=3, eval_crop=256,
                          jpeg_qualities=[30, 75], webp_qualities=[50]), run_dir=tmp_path/'run', progress=False)
     # the notebook's own checks stay on: file bpp within max_gap (8%) of the likelihood estimate on unseen Kodak crops,
     # PSNR rising with rate, decoded files equal to the eval-mode forward (<= 1e-4)
