@@ -91,7 +91,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x:Tensor, emb:Tensor|None=None) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x).view(b, c, h*w)).view(b, 3, self.heads, c // self.heads, h*w).transpose(-1, -2)
-        out = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])   # b heads hw d
+        q, k, v = (t.contiguous() for t in qkv.unbind(1))   # contiguous: the fused (flash) kernel, no (hw)^2 matrix on the CPU
+        out = F.scaled_dot_product_attention(q, k, v)   # b heads hw d
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h*w)).view(b, c, h, w)
 
 class Downsample(nn.Module):
