@@ -285,7 +285,6 @@ def from_config(c:dict) -> tuple:
 
 def save_cdc_config(dir, model:CDC, diffusion:GaussianDiffusion, **extra) -> Path:
     "Write `dir/config.json` of kind 'cdc'."
-    if 'cdc' not in KINDS: KINDS['cdc'] = 'mbldm.cdc'
     return save_config(dir, make_config('cdc', model.settings(), diffusion.settings(), **extra))
 
 SHIPPED = Path(__file__).parent/'data'/'cdc' if '__file__' in globals() else Path('../mbldm/data/cdc')
@@ -293,7 +292,6 @@ SHIPPED = Path(__file__).parent/'data'/'cdc' if '__file__' in globals() else Pat
 def load_cdc(path, ema:bool|None=None) -> tuple:
     "(CDC with coding tables built, in eval mode; its GaussianDiffusion; config) of a checkpoint (EMA weights if present)."
     from mbldm.checkpoints import load_model
-    if 'cdc' not in KINDS: KINDS['cdc'] = 'mbldm.cdc'
     p = Path(path)
     if not p.exists() and re.fullmatch(r'[a-z0-9_-]+', str(path)) and (SHIPPED/str(path)).is_dir(): p = SHIPPED/str(path)
     if not p.exists():

@@ -163,8 +163,6 @@ def collect_thresholds(codec:BaseCodec, images:list, rates, # the rates to tabul
     return threshold_table(res, p, codec.name)
 
 # %% ../nbs/30_dirac.ipynb #5a848111
-if 'dirac' not in KINDS: register_kind('dirac', 'mbldm.dirac')
-
 def dirac_config(model:ADMUnet, method:Dirac, base_codec:str, # codec family trained on: 'jpeg', 'webp', 'mbl'
                  rate_range=None, thresholds:dict|None=None, **extra) -> dict:
     "The checkpoint config (kind 'dirac')."

@@ -142,7 +142,6 @@ def from_config(c:dict) -> tuple:
 
 def save_hyperprior_config(dir, model:Hyperprior, **extra) -> Path:
     "Write `dir/config.json` of kind 'hyperprior' for `model`."
-    if 'hyperprior' not in KINDS: KINDS['hyperprior'] = 'mbldm.hyperprior'
     return save_config(dir, make_config('hyperprior', model.settings(), {}, **extra))
 
 SHIPPED = Path(__file__).parent/'data'/'hyperprior' if '__file__' in globals() else Path('../mbldm/data/hyperprior')
@@ -150,7 +149,6 @@ SHIPPED = Path(__file__).parent/'data'/'hyperprior' if '__file__' in globals() e
 def load_hyperprior(path, ema:bool|None=None) -> Hyperprior:
     "The trained `Hyperprior` of a checkpoint (EMA weights if present unless `ema=False`), tables built, eval mode."
     from mbldm.checkpoints import load_model
-    if 'hyperprior' not in KINDS: KINDS['hyperprior'] = 'mbldm.hyperprior'
     p = Path(path)
     if not p.exists() and re.fullmatch(r'[a-z0-9_-]+', str(path)) and (SHIPPED/str(path)).is_dir(): p = SHIPPED/str(path)
     if not p.exists():
