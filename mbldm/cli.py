@@ -50,12 +50,6 @@ def demo(out:str|Path|None=None, # run folder (default: a new one under `runs/`)
     _demo_figures(run, rows, shown, len(specs) + 1)
     return run
 
-def _save_figure(fig, path, **kw):
-    "Write a matplotlib figure as a PNG, atomically (rendered to memory first)."
-    from mbldm.core import atomic_write
-    buf = io.BytesIO(); fig.savefig(buf, format='png', **kw)
-    with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
-
 def _mean_by(rows, key, metric):
     "Mean of `metric` over the rows grouped by `key` (in first-seen order)."
     out = {}
@@ -65,17 +59,17 @@ def _mean_by(rows, key, metric):
 def _demo_figures(run, rows, shown, ncols):
     "Write the reconstruction grid and the RD curves (mean over images) of the demo."
     import matplotlib.pyplot as plt
-    from mbldm.core import show_images
+    from mbldm.core import show_images, save_figure
     from mbldm.metrics import save_rd_json, plot_rd
     fig = show_images([im for im, _ in shown], titles=[t for _, t in shown], ncols=ncols, size=2.2)
-    _save_figure(fig, run/'reconstructions.png', dpi=72, bbox_inches='tight'); plt.close(fig)
+    save_figure(fig, run/'reconstructions.png', dpi=72, bbox_inches='tight'); plt.close(fig)
     bpp, ps = _mean_by(rows, 'codec', 'bpp'), _mean_by(rows, 'codec', 'psnr_rgb')
     jpeg = [c for c in bpp if c.startswith('JPEG')]
     curves = [save_rd_json(run/'rd_jpeg.json', 'JPEG (Pillow)', {'bpp': [bpp[c] for c in jpeg], 'psnr-rgb': [ps[c] for c in jpeg]})]
     for c in bpp:
         if not c.startswith('JPEG'): curves.append(save_rd_json(run/f'rd_{c}.json', c, {'bpp': [bpp[c]], 'psnr-rgb': [ps[c]]}))
     ax = plot_rd(curves); ax.set_title('sample images (mean)')
-    _save_figure(ax.figure, run/'rd.png', dpi=80, bbox_inches='tight'); plt.close(ax.figure)
+    save_figure(ax.figure, run/'rd.png', dpi=80, bbox_inches='tight'); plt.close(ax.figure)
 
 # %% ../nbs/14_cli.ipynb #25d100dd
 MAX_ENHANCE_PIXELS = 4_194_304  # 2048 x 2048: beyond this a CPU run of the 108M-parameter network takes too long

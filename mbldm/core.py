@@ -14,7 +14,8 @@ from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'SAMPLE_IMAGES', 'default_device', 'seed_everything', 'atomic_write', 'save_tensors', 'load_tensors',
-           'ImageError', 'read_image', 'image_batch', 'to_uint8', 'write_png', 'sample_image', 'show_images']
+           'ImageError', 'read_image', 'image_batch', 'to_uint8', 'write_png', 'sample_image', 'show_images',
+           'save_figure']
 
 # %% ../nbs/00_core.ipynb #e769cdde
 def default_device() -> torch.device:
@@ -250,3 +251,18 @@ def show_images(imgs, # list of (3,H,W)/(1,H,W)/(H,W) images in [0,1], or a (B,C
         if titles is not None: ax.set_title(titles[i])
     fig.tight_layout()
     return fig
+
+# %% ../nbs/00_core.ipynb #4f0ebed3
+def save_figure(fig, # a matplotlib Figure (or anything with a `.figure`, e.g. Axes)
+                path, # the file to (over)write; its suffix names the format
+                **kwargs, # passed to `Figure.savefig` (dpi, bbox_inches, ...)
+               ) -> Path:
+    "Write a matplotlib figure atomically: rendered to memory, then moved into place."
+    import io
+    fig = getattr(fig, 'figure', fig)
+    path = Path(path)
+    fmt = path.suffix.lstrip('.').lower()
+    if not fmt: raise ValueError(f"save_figure: {path} has no suffix to choose the format from (e.g. .png)")
+    buf = io.BytesIO(); fig.savefig(buf, format=fmt, **kwargs)
+    with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
+    return path

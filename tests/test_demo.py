@@ -35,11 +35,11 @@ def test_demo_writes_report(tmp_path):
     for f in ('reconstructions.png', 'rd.png'): assert read_image(run/f).shape[0] == 3  # complete PNGs
     assert not list(run.glob('.*.tmp'))
 
-def test_demo_figures_are_written_atomically(tmp_path, monkeypatch):
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
     "A figure that fails half-way leaves the old file (or none), never a partial PNG or a temporary file."
     import pytest, matplotlib.pyplot as plt
     from matplotlib.figure import Figure
-    from mbldm.cli import _save_figure
+    from mbldm.core import save_figure
     fig = plt.figure(); (tmp_path/'rd.png').write_bytes(b'old')
     def broken(self, fname, **kw):
         if hasattr(fname, 'write'): fname.write(b'\x89PNG partial')
@@ -47,7 +47,7 @@ def test_demo_figures_are_written_atomically(tmp_path, monkeypatch):
         raise OSError(28, 'No space left on device')
     with monkeypatch.context() as m:
         m.setattr(Figure, 'savefig', broken)
-        with pytest.raises(OSError): _save_figure(fig, tmp_path/'rd.png')
+        with pytest.raises(OSError): save_figure(fig, tmp_path/'rd.png')
     assert (tmp_path/'rd.png').read_bytes() == b'old' and not list(tmp_path.glob('.*.tmp'))
-    _save_figure(fig, tmp_path/'rd.png'); plt.close(fig)
+    save_figure(fig, tmp_path/'rd.png'); plt.close(fig)
     assert read_image(tmp_path/'rd.png').shape[0] == 3
