@@ -81,3 +81,55 @@ def test_external_resources_are_detected(tmp_path, monkeypatch):
     bd.check_site(["index"])
     (tmp_path/"p.html").write_text('<script src="https://cdn.example.org/mathjax.js"></script>')
     with pytest.raises(SystemExit): bd.check_site(["index"])
+
+# ---------------------------------------------------------------- the Results part (results/*.ipynb)
+_pspec = importlib.util.spec_from_file_location("publish_result", Path(__file__).resolve().parent.parent/"tools"/"publish_result.py")
+pr = importlib.util.module_from_spec(_pspec); _pspec.loader.exec_module(pr)
+
+def _executed():
+    return {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Train the refiner\n\nprose"},
+                      {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "steps = 3", "outputs": [],
+                       "execution_count": 1},
+                      {"cell_type": "code", "metadata": {}, "source": "print(psnr)", "execution_count": 2,
+                       "outputs": [{"output_type": "stream", "name": "stdout", "text": "20.71 dB\n"}]}],
+            "metadata": {"papermill": {"duration": 3.0}}, "nbformat": 4, "nbformat_minor": 5}
+
+def _prov(experiment="train_refiner"):
+    return dict(experiment=experiment, command=f"python tools/publish_result.py {experiment}", commit="0123456789abcdef",
+                dirty=False, machine="Linux x86_64, 2 CPU cores", date="2026-11-30 15:00 UTC", wall_s=125.0,
+                config=None, overrides={"data_dir": "/data"})
+
+def test_result_notebook_carries_its_provenance():
+    nb = pr.result_notebook(_executed(), _prov())
+    assert nb["cells"][1]["id"] == "provenance" and nb["cells"][0]["source"].startswith("# Train the refiner")
+    text = nb["cells"][1]["source"]
+    for part in ("python tools/publish_result.py train_refiner", "`0123456789`", "2026-11-30", "2 min 5 s",
+                 "Linux x86_64, 2 CPU cores", "`data_dir='/data'`", "mbldm/experiments/train_refiner.ipynb"):
+        assert part in text, part
+    assert nb["metadata"]["mbldm_result"]["commit"] == "0123456789abcdef"
+    assert "uncommitted" in pr.result_notebook(_executed(), {**_prov(), "dirty": True})["cells"][1]["source"]
+
+def test_results_page_checks(tmp_path):
+    exps = tmp_path/"experiments"; exps.mkdir(); (exps/"train_refiner.ipynb").write_text("{}")
+    good, gone, bare = tmp_path/"good.ipynb", tmp_path/"gone.ipynb", tmp_path/"bare.ipynb"
+    good.write_text(json.dumps(pr.result_notebook(_executed(), _prov())))
+    gone.write_text(json.dumps(pr.result_notebook(_executed(), _prov("table9"))))
+    bare.write_text(json.dumps(_executed()))
+    assert pr.check_result(good, exps) == []
+    assert "refers to experiment 'table9', which no longer exists" in pr.check_result(gone, exps)[0]
+    assert "no 'mbldm_result' provenance" in pr.check_result(bare, exps)[0]
+    assert "not a readable notebook" in pr.check_result(tmp_path/"missing.ipynb", exps)[0]
+
+def test_docs_build_fails_on_a_result_of_a_removed_experiment(tmp_path, monkeypatch, capsys):
+    (tmp_path/"gone.ipynb").write_text(json.dumps(pr.result_notebook(_executed(), _prov("table9"))))
+    monkeypatch.setattr(bd, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit): bd.result_pages()
+    assert "table9" in capsys.readouterr().out
+    (tmp_path/"gone.ipynb").unlink()
+    (tmp_path/"ok.ipynb").write_text(json.dumps(pr.result_notebook(_executed(), _prov())))
+    [(f, nb)] = bd.result_pages()
+    page = bd.convert_result(nb, page_of)
+    assert page["cells"][0]["source"].startswith("# Train the refiner") and "Provenance" in page["cells"][1]["source"]
+    assert page["cells"][2]["metadata"] == {"tags": ["hide-input"]}       # papermill's injected parameters, folded
+    assert page["cells"][3]["outputs"][0]["text"] == "20.71 dB\n"          # outputs kept, nothing re-executed
+    assert "[Train the refiner](results/ok.ipynb)" in bd.results_index([(f, nb)])

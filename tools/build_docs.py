@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROC, BOOK, DOCS = ROOT/'_proc', ROOT/'_book', ROOT/'_docs'
+RESULTS = ROOT/'results'   # executed experiment notebooks with provenance (tools/publish_result.py): the Results part
 ASSETS = {'.png', '.jpg', '.jpeg', '.gif', '.svg', '.webp', '.pdf', '.mp4'}
 sys.path.insert(0, str(ROOT))   # the notebooks import the library even when it is not pip-installed
 os.environ.setdefault('MPLBACKEND', 'Agg')
@@ -278,6 +279,49 @@ def convert_notebook(nb, page_of):
     for i, c in enumerate(cells): c['id'] = f'cell-{i}'
     return {'cells': cells, 'metadata': meta, 'nbformat': 4, 'nbformat_minor': 5}, fm
 
+def convert_result(nb, page_of):
+    "An executed experiment notebook (results/*.ipynb) -> a page; outputs kept, nothing re-executed."
+    cells = []
+    for c in nb['cells']:
+        src = _src(c['source'])
+        if c['cell_type'] == 'markdown': cells.append(_md(convert_markdown(src, page_of))); continue
+        if c['cell_type'] != 'code': continue
+        tags = c.get('metadata', {}).get('tags', [])
+        outs = [o for o in map(_clean_output, c.get('outputs', [])) if o]
+        # papermill's injected parameters are the run's settings: folded, not hidden
+        cells.append(_code(src, outs, {'tags': ['hide-input']} if 'injected-parameters' in tags else {}))
+    if not cells or not _src(cells[0]['source']).lstrip().startswith('# '):
+        cells.insert(0, _md(f"# {nb['metadata']['mbldm_result']['experiment']}"))
+    for i, c in enumerate(cells): c['id'] = f'cell-{i}'
+    meta = {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
+            'language_info': {'name': 'python'}}
+    return {'cells': cells, 'metadata': meta, 'nbformat': 4, 'nbformat_minor': 5}
+
+def result_pages():
+    "results/*.ipynb, each checked (provenance present, its experiment still exists); fails the build otherwise."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('publish_result', ROOT/'tools'/'publish_result.py')
+    pr = importlib.util.module_from_spec(spec); spec.loader.exec_module(pr)
+    pages = sorted(RESULTS.glob('*.ipynb')) if RESULTS.is_dir() else []
+    problems = [p for f in pages for p in pr.check_result(f, ROOT/'mbldm'/'experiments')]
+    if problems: fail("the Results part refers to experiments or provenance that do not exist", problems)
+    return [(f, json.loads(f.read_text())) for f in pages]
+
+def results_index(pages):
+    "The Results part's first page: what the pages are and one line per page."
+    lines = ["# Results", "",
+             "Each page of this part is an experiment notebook of `mbldm/experiments/`, executed once and stored with",
+             "its outputs (`results/*.ipynb`, written by `python tools/publish_result.py EXPERIMENT`). The book shows",
+             "them as they ran, without re-executing; the provenance line at the top of each page says the command, the",
+             "commit, the machine, the date and the wall time. Numbers from CPU defaults are small-scale runs on a",
+             "laptop-class machine, not the papers' settings; where a stand-in replaces a real metric, the page says so.", ""]
+    for f, nb in pages:
+        p = nb['metadata']['mbldm_result']
+        title = next((_src(c['source']).lstrip()[2:].splitlines()[0] for c in nb['cells']
+                      if c['cell_type'] == 'markdown' and _src(c['source']).lstrip().startswith('# ')), p['experiment'])
+        lines.append(f"- [{title}](results/{f.stem}.ipynb): `{p['command']}`, commit `{p['commit'][:10]}`, {p['date']}")
+    return '\n'.join(lines) + '\n'
+
 def _code(code, outs, md):
     return {'cell_type': 'code', 'execution_count': None, 'metadata': md, 'outputs': outs, 'source': code}
 
@@ -374,6 +418,15 @@ def convert(cfg, files):
     if 'index' not in order: fail("nbs/ has no index notebook (the site's home page)")
     toc = {'format': 'jb-book', 'root': 'index', 'chapters': [{'file': n} for n in order if n != 'index'] or None}
     if toc['chapters'] is None: del toc['chapters']
+    results = result_pages()
+    if results:
+        (BOOK/'results').mkdir()
+        for f, nb in results: (BOOK/'results'/f.name).write_text(json.dumps(convert_result(nb, page_of), indent=1, sort_keys=True))
+        (BOOK/'results.md').write_text(results_index(results))
+        toc = {'format': 'jb-book', 'root': 'index',
+               'parts': [{'caption': 'The book', 'chapters': toc.get('chapters', [])},
+                         {'caption': 'Results', 'chapters': [{'file': 'results', 'sections': [{'file': f'results/{f.stem}'} for f, _ in results]}]}]}
+        order += ['results'] + [f'results/{f.stem}' for f, _ in results]
     (BOOK/'_toc.yml').write_text(yaml.safe_dump(toc, sort_keys=False))
     (BOOK/'_config.yml').write_text(book_config(cfg))
     (BOOK/'_static').mkdir(); (BOOK/'_static'/'mbldm.css').write_text(CSS)
