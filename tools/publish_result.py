@@ -29,8 +29,11 @@ def machine() -> str:
     try: mem = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
     except (ValueError, OSError, AttributeError): mem = 'RAM unknown'
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    try: load = f", load average {os.getloadavg()[0]:.1f} at the start (other jobs share the cores: times are upper bounds)" \
+        if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1) else ''
+    except OSError: load = ''
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}), {mem}, {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}{load}")
 
 def _duration(s: float) -> str:
     m, s = divmod(round(s), 60); h, m = divmod(m, 60)
@@ -90,13 +93,13 @@ def main(argv=None):
         return 2
     commit = git('rev-parse', 'HEAD')
     name = a.name or nb_path.stem + (f"-{Path(a.config).stem}" if a.config else '')
-    run_dir = new_run_dir(nb_path.stem)
+    run_dir, mach = new_run_dir(nb_path.stem), machine()
     t0 = time.time()
     try: run_experiment(nb_path.stem, a.config, a.overrides, run_dir=run_dir)
     except ExperimentError as e: print(f"publish_result: {e}", file=sys.stderr); return 1
     wall = time.time() - t0
     cmd = ' '.join(['python tools/publish_result.py', a.experiment] + (['--config', a.config] if a.config else []) + a.overrides)
-    prov = dict(experiment=nb_path.stem, command=cmd, commit=commit, dirty=dirty, machine=machine(),
+    prov = dict(experiment=nb_path.stem, command=cmd, commit=commit, dirty=dirty, machine=mach,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), wall_s=round(wall, 1),
                 config=a.config, overrides=dict(o.split('=', 1) for o in a.overrides), run_dir=str(run_dir))
     executed = json.loads((run_dir/nb_path.name).read_text())
