@@ -164,6 +164,7 @@ def decode_indices(data:bytes, # a stream written by `encode_indices`
     try: x = _run(tuple(shape), channel_plan(spec, MODELS[data[0]]), step).astype(np.uint8)
     except (ValueError, RuntimeError, AssertionError) as e: raise _corrupt(str(e)) from None  # constriction raises AssertionError on data invalid for the model
     if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, 1)[0]: raise _corrupt("the decoded index map fails its checksum")
+    if not dec.maybe_exhausted(): raise _corrupt("data left over after the last code")
     return x
 
 # %% ../nbs/13b_entropy.ipynb #a415e1f5
