@@ -73,6 +73,10 @@ def test_cli_compress_decompress(tmp_path):
     assert read_header((tmp_path/'a.mbl').read_bytes()).kind == 'ec'
     assert main(['decompress', str(tmp_path/'a.mbl'), '-o', str(tmp_path/'b.png')]) == 0
     assert (tmp_path/'b.png').stat().st_size > 0
+    f = str(load_codec('VQ-8-8-8').save(tmp_path/'mine.safetensors'))  # a codec file that does not ship: spelled FILE+ec
+    assert main(['compress', str(tmp_path/'a.png'), '--codec', f + '+ec', '-o', str(tmp_path/'c.mbl')]) == 0
+    assert main(['decompress', str(tmp_path/'c.mbl'), '-o', str(tmp_path/'c.png'), '--codec', f + '+ec']) == 0
+    assert main(['decompress', str(tmp_path/'c.mbl'), '-o', str(tmp_path/'d.png'), '--codec', f]) == 2  # the fixed-rate codec cannot read it
 
 def test_bad_maps_rejected():
     z = np.zeros((6, 4, 4), int)
