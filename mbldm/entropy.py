@@ -22,21 +22,16 @@ __all__ = ['MODELS', 'INC', 'LIMIT', 'ACTIVITY', 'PARENT_RES', 'PARENT_VAL', 'MI
 
 # %% ../nbs/13b_entropy.ipynb #cda8fad3
 def _diagonals(h:int, w:int) -> list:
-    "(rows, columns) of each anti-diagonal i + j = d of an h x w grid, in coding order."
-    out = []
+    "Per anti-diagonal i + j = d, in coding order: flat positions, and those of their left, upper and upper-left neighbours."
+    out, zero = [], h * w  # flat index h*w is a cell that holds 0
     for d in range(h + w - 1):
-        i = np.arange(max(0, d - w + 1), min(d, h - 1) + 1); out.append((i, d - i))
+        i = np.arange(max(0, d - w + 1), min(d, h - 1) + 1); j = d - i; pos = i * w + j
+        a = np.where(j > 0, pos - 1, pos - w)  # left column: the upper code
+        b = np.where(i > 0, pos - w, pos - 1)  # top row: the left code
+        c = np.where((i > 0) & (j > 0), pos - w - 1, np.where(i > 0, pos - w, pos - 1))
+        origin = (i == 0) & (j == 0)
+        out.append((pos,) + tuple(np.where(origin, zero, v) for v in (a, b, c)))
     return out
-
-def _neighbours(x:np.ndarray, i:np.ndarray, j:np.ndarray) -> tuple:
-    "Left, upper and upper-left codes at (i, j) of plane `x` (top row: the left one; left column: the upper one; (0, 0): 0)."
-    top, left = i == 0, j == 0
-    a, b = x[i, np.maximum(j - 1, 0)], x[np.maximum(i - 1, 0), j]
-    c = x[np.maximum(i - 1, 0), np.maximum(j - 1, 0)]
-    a = np.where(left, b, a)
-    b, c = np.where(top, a, b), np.where(top, a, np.where(left, b, c))
-    zero = top & left
-    return tuple(np.where(zero, 0, v) for v in (a, b, c))
 
 def med(a, b, c):
     "The median edge detector of JPEG-LS: min(a, b) if c >= max(a, b), max(a, b) if c <= min(a, b), else a + b - c."
@@ -71,37 +66,38 @@ _NA, _NP = len(ACTIVITY) + 1, max(len(PARENT_RES) + 1, K // PARENT_VAL)  # activ
 
 def _wrap(r): r = r % K; return np.minimum(r, K - r)
 
-def _context(x, res, plan, ch, i, j) -> tuple:
-    "MED prediction (or 0) and table index of the codes at (i, j) of channel `ch`, from codes already coded."
+def _context(x, res, plan, ch, pos, ia, ib, ic) -> tuple:
+    "MED prediction (or 0) and table index of the codes at flat positions `pos` of channel `ch`, from codes already coded."
     predict, activity, parent, mode = plan[ch]
-    a, b, c = _neighbours(x[ch], i, j)
-    pred = med(a, b, c) if predict else np.zeros_like(i)
-    ctx = np.searchsorted(ACTIVITY, np.abs(a - c) + np.abs(b - c), side='right') * _NP if activity else np.zeros_like(i)
-    if mode == 'r': ctx = ctx + np.searchsorted(PARENT_RES, _wrap(res[parent, i, j]), side='right')
-    if mode == 'v': ctx = ctx + x[parent, i, j] // PARENT_VAL
+    a, b, c = x[ch, ia], x[ch, ib], x[ch, ic]
+    pred = med(a, b, c) if predict else np.zeros_like(pos)
+    ctx = np.searchsorted(ACTIVITY, np.abs(a - c) + np.abs(b - c), side='right') * _NP if activity else np.zeros_like(pos)
+    if mode == 'r': ctx = ctx + np.searchsorted(PARENT_RES, _wrap(res[parent, pos]), side='right')
+    if mode == 'v': ctx = ctx + x[parent, pos] // PARENT_VAL
     return pred, ctx
 
-def _add(table, idx, r):
-    "Count the residuals `r` in `table[idx]`; halve the rows whose total passed LIMIT."
-    np.add.at(table, idx + (r,), INC)
-    big = table.sum(-1) > LIMIT
-    if big.any(): table[big] = (table[big] + 1) // 2
+def _add(table, total, ctx, r):
+    "Count the residuals `r` in rows `ctx` of `table` (row sums in `total`); halve the rows whose total passed LIMIT."
+    np.add.at(table, (ctx, r), INC); np.add.at(total, ctx, INC)
+    big = total > LIMIT
+    if big.any(): table[big] = (table[big] + 1) // 2; total[big] = table[big].sum(-1)
 
 def _run(shape:tuple, plan:list, step) -> np.ndarray:
-    "The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, i, j, pred, probs)` returns the residuals."
+    "The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, pos, pred, probs)` returns the residuals."
     C, h, w = shape
-    x, res = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    glob, counts = np.ones((C, K), np.int64), np.ones((C, _NA * _NP, K), np.int64)  # per channel; per channel and context
-    for i, j in _diagonals(h, w):
+    x, res = np.zeros((C, h * w + 1), np.int64), np.zeros((C, h * w + 1), np.int64)  # flat planes and the zero cell
+    glob, counts = np.ones((C, 1, K), np.int64), np.ones((C, _NA * _NP, K), np.int64)  # per channel; per channel and context
+    gtot, ctot = glob.sum(-1), counts.sum(-1)
+    for pos, ia, ib, ic in _diagonals(h, w):
         for ch in range(C):
-            pred, ctx = _context(x, res, plan, ch, i, j)
+            pred, ctx = _context(x, res, plan, ch, pos, ia, ib, ic)
             use_ctx = plan[ch][1] or plan[ch][2] >= 0
-            probs = counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch][None], len(i), 0)
-            r = step(ch, i, j, pred, probs.astype(np.float64))
-            res[ch, i, j], x[ch, i, j] = r, (pred + r) % K
-            _add(glob[ch], (), r)
-            if use_ctx: _add(counts[ch], (ctx,), r)
-    return x
+            probs = counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch], len(pos), 0)
+            r = step(ch, pos, pred, probs.astype(np.float64))
+            res[ch, pos], x[ch, pos] = r, (pred + r) % K
+            _add(glob[ch], gtot[ch], np.zeros_like(r), r)
+            if use_ctx: _add(counts[ch], ctot[ch], ctx, r)
+    return x[:, :-1].reshape(shape)
 
 # %% ../nbs/13b_entropy.ipynb #9ba58c48
 MIN_BITS = 0.005  # bits per code below which no stream can go (measured minimum about 0.07): longer claims are corrupt
@@ -125,8 +121,9 @@ def encode_indices(codes, # (Cbar, h, w) integer index map, codes in 0..255
                   ) -> bytes:
     "The entropy-coded stream of one index map: model byte, CRC-32 of the map, range-coded words."
     codes, enc = _check_map(codes, spec), constriction.stream.queue.RangeEncoder()
-    def step(ch, i, j, pred, probs):
-        r = ((codes[ch, i, j] - pred) % K).astype(np.int32)
+    flat = codes.reshape(len(codes), -1)
+    def step(ch, pos, pred, probs):
+        r = ((flat[ch, pos] - pred) % K).astype(np.int32)
         enc.encode(r, _FAMILY, probs); return r
     _run(codes.shape, channel_plan(spec, model), step)
     crc = zlib.crc32(codes.astype(np.uint8).tobytes())
@@ -135,8 +132,9 @@ def encode_indices(codes, # (Cbar, h, w) integer index map, codes in 0..255
 def estimate_bits(codes, spec:str|CodecSpec, model:str='ctx') -> float:
     "The model's ideal code length of `codes` in bits (sum of -log2 p); the range-coded words come within a few bits of it."
     codes, total = _check_map(codes, spec), [0.]
-    def step(ch, i, j, pred, probs):
-        r = (codes[ch, i, j] - pred) % K
+    flat = codes.reshape(len(codes), -1)
+    def step(ch, pos, pred, probs):
+        r = (flat[ch, pos] - pred) % K
         total[0] -= np.log2(probs[np.arange(len(r)), r] / probs.sum(1)).sum(); return r
     _run(codes.shape, channel_plan(spec, model), step)
     return total[0]
@@ -160,7 +158,7 @@ def decode_indices(data:bytes, # a stream written by `encode_indices`
     spec, data = parse_spec(spec), bytes(data)
     _check_stream(data, spec, shape)
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4', offset=_HEAD).astype(np.uint32))
-    def step(ch, i, j, pred, probs): return dec.decode(_FAMILY, probs).astype(np.int64)
+    def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs).astype(np.int64)
     try: x = _run(tuple(shape), channel_plan(spec, MODELS[data[0]]), step).astype(np.uint8)
     except (ValueError, RuntimeError, AssertionError) as e: raise _corrupt(str(e)) from None  # constriction raises AssertionError on data invalid for the model
     if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, 1)[0]: raise _corrupt("the decoded index map fails its checksum")
