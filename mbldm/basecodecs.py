@@ -165,8 +165,11 @@ def lazy_factory(module:str, # module defining the codec, imported on first use
 register_codec('hyperprior', lazy_factory('mbldm.hyperprior', 'hyperprior_codec'), 'hyperprior:tiny')
 register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), None)  # no example yet: the shipped cdc:tiny (150 CPU steps) is a plumbing model, not a reconstruction
 
+# %% ../nbs/13a_basecodecs.ipynb #6961ab79
+register_codec('ec', lazy_factory('mbldm.entropy', 'ec_codec'), 'OPQ-32-8-8+ec')
+
 # %% ../nbs/13a_basecodecs.ipynb #68e94aaa
-def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-8', 'mbl:OPQ-32-8-8', a codec file, a Codec
+def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-8', 'mbl:OPQ-32-8-8', 'OPQ-32-8-8+ec', a codec file, a Codec
               ) -> tuple: # (BaseCodec, rate)
     "The codec and rate a user spec names; a clear error for anything else."
     if isinstance(spec, BaseCodec): return spec, spec.check_rate(None)
@@ -175,5 +178,7 @@ def base_codec(spec:str|Path|Codec|BaseCodec, # 'jpeg:30', 'webp:80', 'OPQ-32-8-
     if sep:
         if prefix.lower() not in CODECS: raise ValueError(f"unknown codec {prefix!r} in {s!r}; registered: {', '.join(CODECS)}")
         return CODECS[prefix.lower()].factory(rest)
+    base, plus, ext = s.rpartition('+')
+    if plus and ext.lower() in CODECS: return CODECS[ext.lower()].factory(base)  # 'OPQ-32-8-8+ec' is 'ec:OPQ-32-8-8'
     try: return _model(s)
     except ValueError as e: raise ValueError(f"{e}; other codecs: {', '.join(r.example for r in CODECS.values() if r.example)}") from None
