@@ -93,6 +93,8 @@ def main(argv=None):
         return 2
     commit = git('rev-parse', 'HEAD')
     name = a.name or nb_path.stem + (f"-{Path(a.config).stem}" if a.config else '')
+    # figures must reach the stored notebook: the kernel shows them inline whatever MPLBACKEND the shell has (Agg in CI)
+    os.environ['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'
     run_dir, mach = new_run_dir(nb_path.stem), machine()
     t0 = time.time()
     try: run_experiment(nb_path.stem, a.config, a.overrides, run_dir=run_dir)
