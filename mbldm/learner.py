@@ -18,9 +18,9 @@ from fastcore.basics import patch
 from .core import atomic_write, seed_everything, save_tensors
 
 # %% auto #0
-__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'default_opt', 'Learner', 'RecorderCB', 'ProgressCB',
-           'GradClipCB', 'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state', 'list_checkpoints',
-           'latest_checkpoint', 'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
+__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'default_opt', 'Learner', 'RecorderCB', 'train_loader',
+           'ProgressCB', 'GradClipCB', 'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state',
+           'list_checkpoints', 'latest_checkpoint', 'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
 
 # %% ../nbs/22_learner.ipynb #dd8fd6f0
 class CancelFitException(Exception): "Raise in a callback to end `fit` cleanly (`after_fit` still runs)."
@@ -218,6 +218,17 @@ def _next_batch(self:Learner):
         return self._next_batch()
     self.batch_in_epoch += 1
     return b
+
+# %% ../nbs/22_learner.ipynb #b1d2e3f2
+def train_loader(ds, # a map-style dataset
+                 batch_size:int, # items per batch
+                 device=None, # where the batches go (pinned host memory when it is CUDA)
+                 num_workers:int=0, # worker processes loading batches ahead of the training step
+                 shuffle:bool=True, drop_last:bool=True, **kw) -> DataLoader: # `kw` go to `DataLoader`
+    "A training DataLoader: pinned memory when the batches go to CUDA, `num_workers` workers prefetching 4 batches each."
+    if num_workers < 0: raise ValueError(f"train_loader: num_workers must be >= 0, got {num_workers}")
+    kw = dict(pin_memory=torch.device(device or 'cpu').type == 'cuda', **({'prefetch_factor': 4} if num_workers else {}), **kw)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, **kw)
 
 # %% ../nbs/22_learner.ipynb #2a879cf2
 class ProgressCB(Callback):
@@ -487,11 +498,15 @@ class WandbCB(Callback):
             from mbldm.tracking import init_run
             self.run, self._own = init_run(**self.init_kw), True
     def metrics(self) -> dict:
-        "Scalars of this step: loss-dict entries, lr, grad norm."
+        "Scalars of this step: loss-dict entries, lr, grad norm (read from the device in one transfer)."
         l = self.learn
-        m = {k: v.detach().float().item() for k, v in l.out.items() if torch.is_tensor(v) and v.numel() == 1}
-        m.update(loss=l.loss_value, lr=l.lr_now)
-        if l.grad_norm is not None: m['grad_norm'] = float(l.grad_norm)
+        ts = {k: v for k, v in l.out.items() if torch.is_tensor(v) and v.numel() == 1}
+        if l._loss is not None: ts['loss'] = l._loss
+        if torch.is_tensor(l.grad_norm): ts['grad_norm'] = l.grad_norm
+        dev = next(iter(ts.values())).device if ts else None
+        m = dict(zip(ts, torch.stack([v.detach().float().reshape(()).to(dev) for v in ts.values()]).tolist())) if ts else {}
+        m.setdefault('loss', l.loss_value); m['lr'] = l.lr_now
+        if l.grad_norm is not None and 'grad_norm' not in m: m['grad_norm'] = float(l.grad_norm)
         return m
     def log_samples(self):
         "Log a grid of `sample_fn(model)` images now."

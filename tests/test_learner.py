@@ -218,3 +218,6 @@ def test_wandb_cb(tmp_path, monkeypatch, mode):
     assert seen == [False, False]  # sampled twice, in eval mode
     for a, b in zip(logged.model.parameters(), plain.model.parameters()): assert torch.equal(a, b)  # sampling leaves RNG alone
     if mode == 'offline': assert list(tmp_path.glob('wandb/offline-run-*'))
+    m = logged.wandb.metrics()  # one transfer from the device for all scalars
+    assert set(m) == {'loss', 'mse_x2', 'lr'} and m['loss'] == logged.loss_value == logged.recorder.losses[-1]
+    assert abs(m['mse_x2'] - 2 * m['loss']) < 1e-5 * m['loss']
