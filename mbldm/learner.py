@@ -18,8 +18,8 @@ from fastcore.basics import patch
 from .core import atomic_write, seed_everything, save_tensors
 
 # %% auto #0
-__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'default_opt', 'Learner', 'RecorderCB', 'train_loader',
-           'ProgressCB', 'GradClipCB', 'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state',
+__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'default_opt', 'Learner', 'RecorderCB', 'smooth',
+           'train_loader', 'ProgressCB', 'GradClipCB', 'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state',
            'list_checkpoints', 'latest_checkpoint', 'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
 
 # %% ../nbs/22_learner.ipynb #dd8fd6f0
@@ -141,6 +141,14 @@ def _one_step(self:Learner):
     if self._writer is not None and not self._writer.is_alive(): self.wait_save()  # a failed write surfaces now
 
 @patch
+def wait_save(self:Learner):
+    "Wait until a background checkpoint write is on disk; raise its error here if it failed."
+    w, self._writer = self._writer, None
+    if w is None: return
+    w.join()
+    if w.error is not None: raise RuntimeError(f"writing checkpoint {w.path} failed: {w.error!r}") from w.error
+
+@patch
 def _fwd_compiled(self:Learner) -> nn.Module:
     "`fwd_model` under `torch.compile(**self.compile)`, built once per underlying module."
     if self._compiled is None or self._compiled[0] is not self.fwd_model:
@@ -191,6 +199,25 @@ class RecorderCB(Callback):
                 'lrs': torch.tensor(self.lrs, dtype=torch.float64)}
     def load_state_dict(self, sd):
         self.steps, self._losses, self.lrs, self._queue = sd['steps'].tolist(), sd['losses'].tolist(), sd['lrs'].tolist(), []
+
+def smooth(xs, beta:float=0.9) -> list:
+    "Debiased exponential moving average of a sequence (fastai's smoothed loss)."
+    out, avg = [], 0.
+    for i, x in enumerate(xs, 1):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta**i))
+    return out
+
+@patch
+def plot(self:RecorderCB, beta:float=0.9, ax=None, logy:bool=True):
+    "Raw (faint) and smoothed loss against step."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(self.steps, self.losses, alpha=0.3, label='loss')
+    ax.plot(self.steps, smooth(self.losses, beta), label=f'smoothed ({beta})')
+    if logy: ax.set_yscale('log')
+    ax.set_xlabel('step'); ax.legend()
+    return ax
 
 # %% ../nbs/22_learner.ipynb #9a1238d4
 def _is_stream(data) -> bool: return callable(data) and not hasattr(data, '__iter__')
@@ -396,14 +423,6 @@ class _Writer(threading.Thread):
     def run(self):
         try: self.job()
         except BaseException as e: self.error = e
-
-@patch
-def wait_save(self:Learner):
-    "Wait until a background checkpoint write is on disk; raise its error here if it failed."
-    w, self._writer = self._writer, None
-    if w is None: return
-    w.join()
-    if w.error is not None: raise RuntimeError(f"writing checkpoint {w.path} failed: {w.error!r}") from w.error
 
 @patch
 def save(self:Learner, path, # the checkpoint folder to create (replaced if it exists)
