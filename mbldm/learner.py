@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_learner.ipynb #fd5f4333
 from __future__ import annotations
-import contextlib, copy, os, random, re, shutil, warnings
+import contextlib, copy, inspect, os, random, re, shutil, sys, threading, warnings
 from functools import partial
 from pathlib import Path
 import numpy as np
@@ -12,14 +12,15 @@ import torch
 from torch import nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler, DistributedSampler
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices, _get_foreach_kernels_supported_devices
 from safetensors.torch import load_file as st_load
 from fastcore.basics import patch
 from .core import atomic_write, seed_everything, save_tensors
 
 # %% auto #0
-__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'Learner', 'RecorderCB', 'smooth', 'ProgressCB', 'GradClipCB',
-           'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state', 'list_checkpoints', 'latest_checkpoint',
-           'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
+__all__ = ['CancelFitException', 'CancelStepException', 'Callback', 'default_opt', 'Learner', 'RecorderCB', 'smooth',
+           'train_loader', 'ProgressCB', 'GradClipCB', 'MixedPrecisionCB', 'EMACB', 'get_rng_state', 'set_rng_state',
+           'list_checkpoints', 'latest_checkpoint', 'CheckpointCB', 'WandbCB', 'SampleGridCB', 'DDPCB']
 
 # %% ../nbs/22_learner.ipynb #dd8fd6f0
 class CancelFitException(Exception): "Raise in a callback to end `fit` cleanly (`after_fit` still runs)."
@@ -35,25 +36,53 @@ class Callback:
         n = re.sub(r'CB$|Callback$', '', type(self).__name__)
         return re.sub(r'(?<=[a-z0-9])([A-Z])', r'_\1', n).lower()
 
+# %% ../nbs/22_learner.ipynb #e7a1c0d2
+def _param_list(params) -> tuple[list, list]:
+    "(parameters or parameter groups as a list, every tensor in them)."
+    groups = [{**g, 'params': [g['params']] if torch.is_tensor(g['params']) else list(g['params'])} if isinstance(g, dict) else g
+              for g in params]
+    return groups, [p for g in groups for p in (g['params'] if isinstance(g, dict) else [g])]
+
+def default_opt(params, # parameters or parameter groups
+                lr:float, # learning rate
+                opt_cls=torch.optim.AdamW, # an optimizer class with `fused` and/or `foreach` options
+                **kw): # other options of `opt_cls` (an explicit `fused` or `foreach` wins)
+    "`opt_cls(params, lr, **kw)` with its fused kernels where every parameter's device has them, else foreach."
+    groups, ps = _param_list(params)
+    if 'fused' not in kw and 'foreach' not in kw:
+        opts, devs = inspect.signature(opt_cls).parameters, {p.device.type for p in ps}
+        if 'fused' in opts and ps and devs <= set(_get_fused_kernels_supported_devices()) and all(p.is_floating_point() for p in ps):
+            kw['fused'] = True
+        elif 'foreach' in opts and devs <= set(_get_foreach_kernels_supported_devices()): kw['foreach'] = True
+    return opt_cls(groups, lr=lr, **kw)
+
 # %% ../nbs/22_learner.ipynb #4e1fb778
+def _uncompiled(m:nn.Module) -> nn.Module:
+    "The module inside a `torch.compile` wrapper (or `m` itself)."
+    ef = sys.modules.get('torch._dynamo.eval_frame')  # nothing can be compiled before dynamo was imported
+    return m._orig_mod if ef is not None and isinstance(m, ef.OptimizedModule) else m
+
 class Learner:
     "Step-based training loop: `fit(n_steps)` calls `loss_fn(model, batch)` and runs callbacks at each event."
-    def __init__(self, model:nn.Module, # the network, optimised in place
+    def __init__(self, model:nn.Module, # the network, optimised in place (a `torch.compile`d one is unwrapped)
                  loss_fn, # `loss_fn(model, batch) -> loss` or a dict with a 'loss' entry
                  data, # a DataLoader (or other re-iterable), or a callable returning one batch
-                 opt_func=torch.optim.AdamW, # `opt_func(params, lr=lr)`
+                 opt_func=default_opt, # `opt_func(params, lr=lr)`
                  lr:float=1e-4, # learning rate (of every parameter group that sets none)
                  params=None, # parameters or parameter groups (dicts with their own 'lr', ...); default: all of `model`'s
                  sched=None, # optional `sched(opt) -> LRScheduler`, stepped every step
                  cbs=(), # callbacks; a `RecorderCB` is always added
-                 seed:int=0): # data-order seed: epoch e of a DataLoader is shuffled with `(seed, e)`
-        self.model, self.loss_fn, self.data, self.lr, self.seed = model, loss_fn, data, lr, seed
-        self.opt = opt_func(model.parameters() if params is None else params, lr=lr)
+                 seed:int=0, # data-order seed: epoch e of a DataLoader is shuffled with `(seed, e)`
+                 compile:bool|dict=False): # `torch.compile` the forward model during `fit`: True, or a dict of its kwargs
+        if not isinstance(compile, (bool, dict)): raise TypeError(f"Learner: compile must be False, True or a dict of torch.compile kwargs, got {compile!r}")
+        self.model, self.loss_fn, self.data, self.lr, self.seed = _uncompiled(model), loss_fn, data, lr, seed
+        self.opt = opt_func(self.model.parameters() if params is None else params, lr=lr)
         self.sched = sched(self.opt) if sched else None
         self.fwd_model, self.autocast = model, contextlib.nullcontext
+        self.compile = ({} if compile is True else compile) if compile is not False else None
         self.step, self.epoch, self.batch_in_epoch, self.n_steps = 0, 0, 0, 0
-        self.loss_value, self.lr_now, self.grad_norm = float('nan'), lr, None
-        self._it, self._pending, self.cbs = None, None, []
+        self.lr_now, self.grad_norm, self._loss = lr, None, None
+        self._it, self._pending, self._compiled, self._writer, self.cbs = None, None, None, None, []
         self.add_cbs([RecorderCB(), *cbs])
 
     def add_cbs(self, cbs):
@@ -79,6 +108,10 @@ def rank(self:Learner) -> int: return dist.get_rank() if dist.is_available() and
 def world_size(self:Learner) -> int: return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 @patch(as_prop=True)
 def is_main(self:Learner) -> bool: return self.rank == 0
+@patch(as_prop=True)
+def loss_value(self:Learner) -> float:
+    "The last finished step's loss as a float (NaN before the first); reading it waits for the device."
+    return float('nan') if self._loss is None else self._loss.item()
 
 @patch
 def backward(self:Learner): self.loss.backward()
@@ -100,11 +133,27 @@ def _one_step(self:Learner):
         self('after_backward')
         self.opt_step()
         if self.sched is not None: self.sched.step()
-        self.loss_value = self.loss.detach().float().item()
+        self._loss = self.loss.detach().float()  # stays on the device: no host sync here
     except CancelStepException: pass
     finally: self.opt.zero_grad(set_to_none=True)
     self.step += 1
     self('after_step')
+    if self._writer is not None and not self._writer.is_alive(): self.wait_save()  # a failed write surfaces now
+
+@patch
+def wait_save(self:Learner):
+    "Wait until a background checkpoint write is on disk; raise its error here if it failed."
+    w, self._writer = self._writer, None
+    if w is None: return
+    w.join()
+    if w.error is not None: raise RuntimeError(f"writing checkpoint {w.path} failed: {w.error!r}") from w.error
+
+@patch
+def _fwd_compiled(self:Learner) -> nn.Module:
+    "`fwd_model` under `torch.compile(**self.compile)`, built once per underlying module."
+    if self._compiled is None or self._compiled[0] is not self.fwd_model:
+        self._compiled = (self.fwd_model, torch.compile(self.fwd_model, **self.compile))
+    return self._compiled[1]
 
 @patch
 def fit(self:Learner, n_steps:int): # train until `self.step == n_steps` (a total, not a count of new steps)
@@ -113,23 +162,43 @@ def fit(self:Learner, n_steps:int): # train until `self.step == n_steps` (a tota
     try:
         self('before_fit')
         if self._pending is not None: self._restore_position()
-        while self.step < n_steps: self._one_step()
+        base = self.fwd_model
+        if self.compile is not None: self.fwd_model = self._fwd_compiled()
+        try:
+            while self.step < n_steps: self._one_step()
+        finally: self.fwd_model = base
         self('after_fit')
     except CancelFitException: self('after_fit')
+    finally: self.wait_save()  # the last checkpoint is on disk when `fit` returns
     return self
 
 # %% ../nbs/22_learner.ipynb #2898bc81
 class RecorderCB(Callback):
     "Record step, loss and learning rate of every step; `plot()` draws the loss curve."
     order = 50
-    def __init__(self): self.steps, self.losses, self.lrs = [], [], []
+    def __init__(self, every:int=256): # move the recorded losses to the host every this many steps
+        self.every, self.steps, self.lrs, self._losses, self._queue = every, [], [], [], []
     def after_step(self):
-        self.steps.append(self.learn.step); self.losses.append(self.learn.loss_value); self.lrs.append(self.learn.lr_now)
+        l = self.learn
+        self.steps.append(l.step); self.lrs.append(l.lr_now)
+        self._queue.append(float('nan') if l._loss is None else l._loss)
+        if len(self._queue) >= self.every: self._flush()
+    def _flush(self):
+        "Move queued device losses to the host in one transfer."
+        q, self._queue = self._queue, []
+        ts = [x for x in q if torch.is_tensor(x)]
+        vals = iter(torch.stack([t.to(ts[0].device) for t in ts]).tolist() if ts else [])
+        self._losses.extend(next(vals) if torch.is_tensor(x) else x for x in q)
+    @property
+    def losses(self) -> list:
+        "The loss of every recorded step, as floats."
+        if self._queue: self._flush()
+        return self._losses
     def state_dict(self):
         return {'steps': torch.tensor(self.steps, dtype=torch.int64), 'losses': torch.tensor(self.losses, dtype=torch.float64),
                 'lrs': torch.tensor(self.lrs, dtype=torch.float64)}
     def load_state_dict(self, sd):
-        self.steps, self.losses, self.lrs = sd['steps'].tolist(), sd['losses'].tolist(), sd['lrs'].tolist()
+        self.steps, self._losses, self.lrs, self._queue = sd['steps'].tolist(), sd['losses'].tolist(), sd['lrs'].tolist(), []
 
 def smooth(xs, beta:float=0.9) -> list:
     "Debiased exponential moving average of a sequence (fastai's smoothed loss)."
@@ -177,33 +246,51 @@ def _next_batch(self:Learner):
     self.batch_in_epoch += 1
     return b
 
+# %% ../nbs/22_learner.ipynb #b1d2e3f2
+def train_loader(ds, # a map-style dataset
+                 batch_size:int, # items per batch
+                 device=None, # where the batches go (pinned host memory when it is CUDA)
+                 num_workers:int=0, # worker processes loading batches ahead of the training step
+                 shuffle:bool=True, drop_last:bool=True, **kw) -> DataLoader: # `kw` go to `DataLoader`
+    "A training DataLoader: pinned memory when the batches go to CUDA, `num_workers` workers prefetching 4 batches each."
+    if num_workers < 0: raise ValueError(f"train_loader: num_workers must be >= 0, got {num_workers}")
+    kw = dict(pin_memory=torch.device(device or 'cpu').type == 'cuda', **({'prefetch_factor': 4} if num_workers else {}), **kw)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, **kw)
+
 # %% ../nbs/22_learner.ipynb #2a879cf2
 class ProgressCB(Callback):
-    "A progress bar over the training steps with the smoothed loss as comment (rank 0 only)."
+    "A progress bar over the training steps with the smoothed loss as comment (rank 0 only), updated every `every` steps."
     order = 70
-    def __init__(self, beta:float=0.98): self.beta, self.pb = beta, None
+    def __init__(self, beta:float=0.98, every:int=25): self.beta, self.every, self.pb = beta, every, None
     def before_fit(self):
         if not self.learn.is_main: return
         from mbldm.tracking import progress
-        self.pb, self.avg, self.n = progress(range(self.learn.n_steps), total=self.learn.n_steps), 0., 0
+        self.pb, self.avg, self.n, self.seen = progress(range(self.learn.n_steps), total=self.learn.n_steps), 0., 0, len(self.learn.recorder.losses)
         self.pb.on_iter_begin(); self.pb.update(self.learn.step)
-    def after_step(self):
-        if self.pb is None or self.learn.loss_value != self.learn.loss_value: return
-        self.n += 1
-        self.avg = self.beta * self.avg + (1 - self.beta) * self.learn.loss_value
-        self.pb.comment = f'loss {self.avg / (1 - self.beta**self.n):.4g}'
+    def _update(self):
+        new = self.learn.recorder.losses[self.seen:]
+        self.seen += len(new)
+        for x in new:
+            if x != x: continue  # NaN: a step that was skipped before any loss
+            self.n += 1
+            self.avg = self.beta * self.avg + (1 - self.beta) * x
+        if self.n: self.pb.comment = f'loss {self.avg / (1 - self.beta**self.n):.4g}'
         self.pb.update(self.learn.step)
+    def after_step(self):
+        if self.pb is not None and self.learn.step % self.every == 0: self._update()
     def after_fit(self):
-        if self.pb is not None: self.pb.on_iter_end()
+        if self.pb is not None: self._update(); self.pb.on_iter_end()
         self.pb = None
 
 # %% ../nbs/22_learner.ipynb #3c29cd9b
 class GradClipCB(Callback):
-    "Clip the global gradient norm to `max_norm` after backward; `learn.grad_norm` is the norm before clipping."
+    "Clip the global gradient norm to `max_norm` after backward; `learn.grad_norm` is the norm before clipping (a device tensor)."
     order = 10
     def __init__(self, max_norm:float=1.0): self.max_norm = max_norm
     def after_backward(self):
-        self.learn.grad_norm = nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm)
+        ps = [p for p in self.learn.model.parameters() if p.grad is not None]
+        foreach = True if ps and {p.grad.device.type for p in ps} <= set(_get_foreach_kernels_supported_devices()) else None
+        self.learn.grad_norm = nn.utils.clip_grad_norm_(ps, self.max_norm, foreach=foreach)
 
 # %% ../nbs/22_learner.ipynb #ffd61bc1
 class MixedPrecisionCB(Callback):
@@ -249,9 +336,10 @@ class EMACB(Callback):
         return 0. if t <= 0 else min(self.decay, max(0., 1 - (1 + t / self.inv_gamma) ** -self.power))
     @torch.no_grad()
     def update(self, d:float):
-        "One EMA update with decay `d` (d=0 copies the weights)."
-        for e, w in zip(self.model.parameters(), self.learn.model.parameters()): e.lerp_(w.detach(), 1 - d)
-        for e, w in zip(self.model.buffers(), self.learn.model.buffers()): e.copy_(w)
+        "One EMA update with decay `d` (d=0 copies the weights): one multi-tensor lerp, buffers copied."
+        torch._foreach_lerp_(list(self.model.parameters()), list(self.learn.model.parameters()), 1 - d)
+        eb = list(self.model.buffers())
+        if eb: torch._foreach_copy_(eb, list(self.learn.model.buffers()))
     def after_step(self):
         if self.learn.step % self.every: return
         self.update(0. if self.learn.step <= self.start else self.current_decay())
@@ -293,22 +381,60 @@ def state_dict(self:Learner) -> dict:
             'rng': self._all_rng(), 'cbs': {cb.name: cb.state_dict() for cb in self.cbs if hasattr(cb, 'state_dict')}}
 
 # %% ../nbs/22_learner.ipynb #a4fcec82
+def _host_copy(x):
+    "`x` (tensors in nested dicts, lists and tuples) copied to CPU memory that training cannot change."
+    if torch.is_tensor(x):
+        x = x.detach()
+        if x.device.type == 'cpu': return x.clone()
+        if x.device.type != 'cuda': return x.to('cpu')
+        return torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x, non_blocking=True)
+    if isinstance(x, dict): return {k: _host_copy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_host_copy(v) for v in x)
+    return x
+
 @patch
-def save(self:Learner, path): # the checkpoint folder to create (replaced if it exists)
+def _snapshot(self:Learner) -> dict:
+    "Host copies of everything a checkpoint holds (a collective call under DDP)."
+    snap = _host_copy({'model': self.model.state_dict(), 'state': self.state_dict(),
+                       'weights': {cb.name: cb.weights() for cb in self.cbs if hasattr(cb, 'weights')}})
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.synchronize()  # the async copies landed
+    return snap
+
+def _write_checkpoint(path:Path, snap:dict, after=None):
+    "Write `snap` as checkpoint folder `path`: a temporary folder renamed into place; then `after()`."
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    if tmp.exists(): shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_tensors(tmp/'model.safetensors', snap['model'])
+    for name, w in snap['weights'].items(): save_tensors(tmp/f'{name}.safetensors', w)
+    with atomic_write(tmp/'state.pt', 'wb') as f: torch.save(snap['state'], f)
+    old = path.with_name(f'.{path.name}.old-{os.getpid()}')
+    if path.exists(): os.replace(path, old)      # set aside, never deleted before the new one is in place
+    os.replace(tmp, path)
+    if old.exists(): shutil.rmtree(old)
+    if after is not None: after()
+
+class _Writer(threading.Thread):
+    "Runs one checkpoint write; keeps its exception for `Learner.wait_save`."
+    def __init__(self, path, job):
+        super().__init__(name=f'checkpoint-writer {path.name}')
+        self.path, self.job, self.error = path, job, None
+        self.start()
+    def run(self):
+        try: self.job()
+        except BaseException as e: self.error = e
+
+@patch
+def save(self:Learner, path, # the checkpoint folder to create (replaced if it exists)
+         background:bool=False, # write the files in a thread (single process only); `wait_save` waits for it
+         after=None): # called (in the writer) once the folder is in place, e.g. to prune old checkpoints
     "Write a checkpoint folder atomically (only rank 0 writes; all ranks must call it)."
-    path, sd = Path(path), self.state_dict()
+    path, snap = Path(path), self._snapshot()
+    self.wait_save()
     if self.is_main:
-        tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-        if tmp.exists(): shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_tensors(tmp/'model.safetensors', self.model.state_dict())
-        for cb in self.cbs:
-            if hasattr(cb, 'weights'): save_tensors(tmp/f'{cb.name}.safetensors', cb.weights())
-        with atomic_write(tmp/'state.pt', 'wb') as f: torch.save(sd, f)
-        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
-        if path.exists(): os.replace(path, old)      # set aside, never deleted before the new one is in place
-        os.replace(tmp, path)
-        if old.exists(): shutil.rmtree(old)
+        job = partial(_write_checkpoint, path, snap, after)
+        if background and self.world_size == 1: self._writer = _Writer(path, job)
+        else: job()
     if self.world_size > 1: dist.barrier()
     return path
 
@@ -333,14 +459,15 @@ def latest_checkpoint(path) -> Path:
 class CheckpointCB(Callback):
     "Save `dir/step_XXXXXXX/` every `every` steps (and at the end of `fit`), keeping the newest `keep`."
     order = 90
-    def __init__(self, dir, every:int=1000, keep:int|None=3, at_end:bool=True):
-        self.dir, self.every, self.keep, self.at_end = Path(dir), every, keep, at_end
-    def save(self) -> Path:
-        "Checkpoint the learner now."
-        p = self.learn.save(self.dir/f'step_{self.learn.step:07d}')
-        if self.keep and self.learn.is_main:
+    def __init__(self, dir, every:int=1000, keep:int|None=3, at_end:bool=True,
+                 background:bool=True): # write files in a thread while training continues
+        self.dir, self.every, self.keep, self.at_end, self.background = Path(dir), every, keep, at_end, background
+    def _prune(self):
+        if self.keep:
             for old in list_checkpoints(self.dir)[:-self.keep]: shutil.rmtree(old)
-        return p
+    def save(self) -> Path:
+        "Checkpoint the learner now (pruning old checkpoints once the new one is in place)."
+        return self.learn.save(self.dir/f'step_{self.learn.step:07d}', background=self.background, after=self._prune)
     def before_fit(self):  # remove folders of saves that were interrupted (a killed run)
         if self.learn.is_main and self.dir.is_dir():
             for p in [*self.dir.glob('.step_*.tmp-*'), *self.dir.glob('.step_*.old-*')]: shutil.rmtree(p, ignore_errors=True)
@@ -353,6 +480,7 @@ class CheckpointCB(Callback):
 @patch
 def resume(self:Learner, path): # a checkpoint folder, or a folder of them (the newest is used)
     "Load a checkpoint so that the next `fit` continues exactly where it was written."
+    self.wait_save()
     p = latest_checkpoint(path)
     st = torch.load(p/'state.pt', map_location='cpu', weights_only=True)
     self.model.load_state_dict(st_load(p/'model.safetensors'))
@@ -389,11 +517,15 @@ class WandbCB(Callback):
             from mbldm.tracking import init_run
             self.run, self._own = init_run(**self.init_kw), True
     def metrics(self) -> dict:
-        "Scalars of this step: loss-dict entries, lr, grad norm."
+        "Scalars of this step: loss-dict entries, lr, grad norm (read from the device in one transfer)."
         l = self.learn
-        m = {k: v.detach().float().item() for k, v in l.out.items() if torch.is_tensor(v) and v.numel() == 1}
-        m.update(loss=l.loss_value, lr=l.lr_now)
-        if l.grad_norm is not None: m['grad_norm'] = float(l.grad_norm)
+        ts = {k: v for k, v in l.out.items() if torch.is_tensor(v) and v.numel() == 1}
+        if l._loss is not None: ts['loss'] = l._loss
+        if torch.is_tensor(l.grad_norm): ts['grad_norm'] = l.grad_norm
+        dev = next(iter(ts.values())).device if ts else None
+        m = dict(zip(ts, torch.stack([v.detach().float().reshape(()).to(dev) for v in ts.values()]).tolist())) if ts else {}
+        m.setdefault('loss', l.loss_value); m['lr'] = l.lr_now
+        if l.grad_norm is not None and 'grad_norm' not in m: m['grad_norm'] = float(l.grad_norm)
         return m
     def log_samples(self):
         "Log a grid of `sample_fn(model)` images now."

@@ -1,5 +1,6 @@
-"""Learner: exact resume (in-process at every step and after a real SIGKILL), checkpoint format, DDP with two CPU
-processes, gradient clipping, EMA maths, W&B callback in disabled/offline mode, bad inputs."""
+"""Learner: exact resume (in-process at every step and after a real SIGKILL; fused and for-loop AdamW, a compiled
+forward model, a kill during a background checkpoint write), checkpoint format, background-writer errors, DDP with two
+CPU processes, gradient clipping, EMA maths, the recorder, W&B callback in disabled/offline mode, bad inputs."""
 import json, os, random, signal, socket, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -32,31 +33,91 @@ def assert_same(a, b, msg=''):
     assert a.sched.state_dict() == b.sched.state_dict(), msg
     assert a.recorder.losses == b.recorder.losses, msg
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-    return make_learner(tmp_path_factory.mktemp('ref')).fit(N)
+_refs = {}
+def reference(tmp_path_factory, variant='default'):
+    "The uninterrupted N-step run of `variant` (built once per module)."
+    if variant not in _refs: _refs[variant] = make_learner(tmp_path_factory.mktemp(f'ref-{variant}'), variant=variant).fit(N)
+    return _refs[variant]
 
-def test_resume_after_stop(tmp_path, reference):
+def test_default_optimizer_is_fused(tmp_path):
+    assert make_learner(tmp_path).opt.defaults['fused'] is True  # the CPU has fused AdamW kernels
+    assert make_learner(tmp_path, variant='plain').opt.defaults['fused'] is None
+
+@pytest.mark.parametrize('variant', ['default', 'plain'])
+def test_resume_after_stop(tmp_path, tmp_path_factory, variant):
     "Stop after step k (checkpoints every 3, epochs of 5), resume from the newest checkpoint: same as uninterrupted."
+    ref = reference(tmp_path_factory, variant)
     for k in (2, 3, 4, 5, 8, 10, 15, 16, 21):  # before/at/after a checkpoint, at epoch ends, both at once (15)
         d = tmp_path/f'k{k}'
-        make_learner(d, StopAt(k)).fit(N)
+        make_learner(d, StopAt(k), variant=variant).fit(N)
         if not list_checkpoints(d): continue  # stopped before the first checkpoint
-        learn = make_learner(d)
+        learn = make_learner(d, variant=variant)
         p = learn.resume(d)
         assert learn.step == (k // 3) * 3 and p.name == f'step_{learn.step:07d}'
-        assert_same(reference, learn.fit(N), f'stopped at {k}:')
+        assert_same(ref, learn.fit(N), f'{variant}, stopped at {k}:')
 
-def test_resume_after_sigkill(tmp_path, reference):
+def _kill(tmp_path, k, variant='default'):
+    r = subprocess.run([sys.executable, str(WORKER), 'kill', str(tmp_path), str(k), str(N), variant], env=_env(),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == -signal.SIGKILL, f'{variant} k={k}: rc={r.returncode}\n{r.stderr[-3000:]}'
+
+@pytest.mark.parametrize('variant', ['default', 'compile'])
+def test_resume_after_sigkill(tmp_path, tmp_path_factory, variant):
     "A process killed with SIGKILL at a random step resumes (in another process) to the uninterrupted result."
     k = random.randint(4, N - 2)
-    r = subprocess.run([sys.executable, str(WORKER), 'kill', str(tmp_path), str(k), str(N)], env=_env(),
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == -signal.SIGKILL, f'k={k}: rc={r.returncode}\n{r.stderr[-3000:]}'
+    _kill(tmp_path, k, variant)
     assert latest_checkpoint(tmp_path).name == f'step_{(k // 3) * 3:07d}'
+    learn = make_learner(tmp_path, variant=variant)
+    learn.resume(tmp_path)
+    assert_same(reference(tmp_path_factory, variant), learn.fit(N), f'{variant}, killed at {k}:')
+    if variant == 'compile':  # the compiled run's checkpoints hold the bare network's keys and resume without compiling
+        p = latest_checkpoint(tmp_path)
+        assert set(load_file(p/'model.safetensors')) == set(learn.model.state_dict()) and not any('_orig_mod' in k for k in load_file(p/'model.safetensors'))
+        plain = make_learner(tmp_path)
+        assert plain.resume(tmp_path) == p and plain.step == 21
+        saved = load_file(p/'model.safetensors')
+        for k, v in plain.model.state_dict().items(): assert torch.equal(v, saved[k]), k
+        assert plain.fit(N).step == N and np.isfinite(plain.recorder.losses[-2:]).all()  # (eager dropout draws other masks)
+
+def test_kill_during_background_write(tmp_path, tmp_path_factory):
+    "Killed right after starting a checkpoint write: either that checkpoint or the one before is complete, and resumes."
+    k = random.choice(range(6, N - 2, 3))
+    _kill(tmp_path, k, 'nowait')
+    assert latest_checkpoint(tmp_path).name in (f'step_{k:07d}', f'step_{k - 3:07d}')
     learn = make_learner(tmp_path)
     learn.resume(tmp_path)
-    assert_same(reference, learn.fit(N), f'killed at {k}:')
+    assert_same(reference(tmp_path_factory), learn.fit(N), f'killed while writing {k}:')
+
+def test_compiled_model_is_unwrapped(tmp_path):
+    "A model passed in already compiled: `learn.model` is the bare network, checkpoints carry no `_orig_mod.` prefix."
+    m = nn.Linear(4, 2)
+    learn = Learner(torch.compile(m, backend='eager'), loss_fn, lambda: make_data()[:8])
+    assert learn.model is m and learn.fwd_model is not m
+    learn.save(tmp_path/'step_0000000')
+    assert set(load_file(tmp_path/'step_0000000'/'model.safetensors')) == {'weight', 'bias'}
+    with pytest.raises(TypeError, match='compile must be'): Learner(m, loss_fn, lambda: make_data()[:8], compile='yes')
+
+def test_background_write_error_surfaces(tmp_path, monkeypatch):
+    "An error in the checkpoint writer thread is raised in the training thread, naming the checkpoint; no folder appears."
+    import mbldm.learner as L
+    def broken(path, tensors): raise OSError('disk full (simulated)')
+    monkeypatch.setattr(L, 'save_tensors', broken)
+    with pytest.raises(RuntimeError, match=r'writing checkpoint .*step_0000003.* failed.*disk full'): make_learner(tmp_path).fit(5)
+    assert list_checkpoints(tmp_path) == []
+
+def test_recorder_keeps_every_loss():
+    "Losses stay on the device between flushes, and the recorder still holds every step's exact loss."
+    class Seen(Callback):
+        order = 40
+        def __init__(self): self.xs = []
+        def after_step(self): self.xs.append(self.learn.loss.item())
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(4, 2), loss_fn, lambda: make_data()[:8], lr=0.1, cbs=[Seen()])
+    learn.recorder.every = 4
+    learn.fit(6)
+    assert len(learn.recorder._queue) == 2 and torch.is_tensor(learn.recorder._queue[0])  # not yet moved to the host
+    assert learn.recorder.losses == learn.seen.xs and learn.loss_value == learn.seen.xs[-1]
+    assert learn.recorder._queue == [] and learn.recorder.steps == list(range(1, 7))
 
 def test_checkpoint_files(tmp_path):
     learn = make_learner(tmp_path).fit(10)  # saves at 3, 6, 9, keeps 2
@@ -157,3 +218,6 @@ def test_wandb_cb(tmp_path, monkeypatch, mode):
     assert seen == [False, False]  # sampled twice, in eval mode
     for a, b in zip(logged.model.parameters(), plain.model.parameters()): assert torch.equal(a, b)  # sampling leaves RNG alone
     if mode == 'offline': assert list(tmp_path.glob('wandb/offline-run-*'))
+    m = logged.wandb.metrics()  # one transfer from the device for all scalars
+    assert set(m) == {'loss', 'mse_x2', 'lr'} and m['loss'] == logged.loss_value == logged.recorder.losses[-1]
+    assert abs(m['mse_x2'] - 2 * m['loss']) < 1e-5 * m['loss']
