@@ -19,7 +19,8 @@ from .tracking import progress
 
 # %% auto #0
 __all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'CodecSpec', 'parse_spec', 'image_planes', 'channel_vectors',
-           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
+           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'archive_dir', 'pretrained_codecs',
+           'archived_codecs', 'load_codec']
 
 # %% ../nbs/11_codec.ipynb #36984d37
 PATCH = 8  # patch side s
@@ -228,17 +229,51 @@ def pretrained_dir() -> Path:
     import mbldm
     return Path(mbldm.__file__).parent/'data'/'codecs'
 
+def archive_dir() -> Path:
+    "Folder of the earlier shipped codecs, `<spec>-<identity[:12]>.safetensors`, kept so their files still decode."
+    return pretrained_dir()/'archive'
+
 def pretrained_codecs() -> list[str]:
     "Specs of the shipped codecs."
     return sorted(p.stem for p in pretrained_dir().glob('*.safetensors'))
 
+def archived_codecs(spec:str|CodecSpec|None=None) -> list[Path]:
+    "Files of the earlier shipped codecs (of `spec`, or all), newest name order."
+    pat = f"{parse_spec(spec)}-*.safetensors" if spec is not None else '*.safetensors'
+    return sorted(archive_dir().glob(pat))
+
+def _identity_hex(identity:str|bytes) -> str:
+    "A codec identity (hex SHA-256, or bytes of it) as lower-case hex of at least 16 bytes (32 digits)."
+    s = identity.hex() if isinstance(identity, (bytes, bytearray)) else str(identity).strip().lower()
+    if not (32 <= len(s) <= 64 and re.fullmatch(r'[0-9a-f]+', s)):
+        raise ValueError(f"codec identity {identity!r} must be 32..64 hex digits (16..32 bytes of its SHA-256)")
+    return s
+
+def _by_identity(spec:str, ident:str) -> Codec:
+    "The shipped or archived codec of `spec` whose identity starts with `ident`."
+    seen = []
+    for f in [pretrained_dir()/f'{spec}.safetensors'] + archived_codecs(spec):
+        if not f.is_file() or (f.parent == archive_dir() and not ident.startswith(f.stem[len(spec) + 1:])): continue
+        c = Codec.load(f)
+        if c.identity.startswith(ident): return c
+        seen.append(f"{c.identity[:12]} ({f.name})")
+    raise ValueError(f"no {spec} codec with identity {ident[:12]} is shipped or archived (there are: {', '.join(seen) or 'none'}); "
+                     f"pass the codec file it was made with")
+
 def load_codec(name:str|Path|Codec='OPQ-32-8-8', # a shipped spec, a codec file, or a Codec
+               identity:str|bytes|None=None, # the codec must have this identity (hex, or bytes; a prefix of >= 16 bytes)
               ) -> Codec:
-    "A shipped codec by spec (e.g. 'OPQ-32-8-8') or a codec file by path."
-    if isinstance(name, Codec): return name
-    p = Path(name)
-    if p.suffix == '.safetensors' or p.is_file(): return Codec.load(p)
-    spec = str(parse_spec(name))
-    f = pretrained_dir()/f'{spec}.safetensors'
-    if not f.is_file(): raise ValueError(f"no shipped codec {spec}; shipped: {', '.join(pretrained_codecs()) or 'none'} (or pass a codec file)")
-    return Codec.load(f)
+    "A shipped codec by spec (with `identity`: the shipped or archived one that has it), or a codec file by path."
+    ident = None if identity is None else _identity_hex(identity)
+    if isinstance(name, Codec): c = name
+    elif Path(name).suffix == '.safetensors' or Path(name).is_file(): c = Codec.load(Path(name))
+    else:
+        spec = str(parse_spec(name))
+        if ident is not None: return _by_identity(spec, ident)
+        f = pretrained_dir()/f'{spec}.safetensors'
+        if not f.is_file(): raise ValueError(f"no shipped codec {spec}; shipped: {', '.join(pretrained_codecs()) or 'none'} (or pass a codec file)")
+        return Codec.load(f)
+    if ident is not None and not c.identity.startswith(ident):
+        raise ValueError(f"codec {c} does not have identity {ident[:12]}")
+    return c
+
