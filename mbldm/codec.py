@@ -77,8 +77,9 @@ CHANNELS = ('Y', 'Cb', 'Cr')
 
 class Codec:
     "Model-based image codec: one quantizer per YCbCr channel on 8x8 patches."
-    def __init__(self, spec:str|CodecSpec, quantizers:list):
-        self.spec = parse_spec(spec)
+    def __init__(self, spec:str|CodecSpec, quantizers:list,
+                 recipe:dict|None=None): # how it was trained (data, sample, seed, iterations, mbldm version), stored in its file
+        self.spec, self.recipe = parse_spec(spec), dict(recipe or {})
         if len(quantizers) != 3: raise ValueError(f"{self.spec}: need 3 quantizers (Y, Cb, Cr), got {len(quantizers)}")
         for c, q in enumerate(quantizers):
             want = (self.spec.channel_kind(c), self.spec.codes[c], PATCH**2)
@@ -99,11 +100,14 @@ def fit_codec(spec:str|CodecSpec, # e.g. 'OPQ-32-8-8'
               pca:bool=True, # PCA-order the codebooks (paper Sec. 3.2.1)
               cache:dict|None=None, # {(channel, kind, m): Quantizer} reused across codecs trained on the same data
               beam_size:int=5, # RQ beam (FAISS default)
-              **fit_kw, # passed to `Quantizer.fit`: n_train, seed, niter, opq_niter, verbose
+              **fit_kw, # passed to `Quantizer.fit`: n_train, seed, niter, opq_niter, opq_init, verbose
              ) -> Codec:
     "Train the three channel quantizers of `spec` on all stride-1 patches of `images`."
+    import mbldm
     spec, qs = parse_spec(spec), []
     images = list(images)
+    recipe = dict(n_images=len(images), flip=flip, pca=pca, beam_size=beam_size, mbldm_version=mbldm.__version__,
+                  **{k: v for k, v in fit_kw.items() if k != 'verbose'})
     for c in progress(range(3), desc=f"fit {spec}", leave=False):
         key = (c, spec.channel_kind(c), spec.codes[c])
         if cache is not None and key in cache: qs.append(cache[key]); continue
@@ -111,7 +115,7 @@ def fit_codec(spec:str|CodecSpec, # e.g. 'OPQ-32-8-8'
         q = q.pca_ordered() if pca else q
         if cache is not None: cache[key] = q
         qs.append(q)
-    return Codec(spec, qs)
+    return Codec(spec, qs, recipe)
 
 # %% ../nbs/11_codec.ipynb #f78c1ad1
 def _as_batch(x, fn:str) -> Tensor:
@@ -209,7 +213,7 @@ def state_dict(self:Codec) -> dict:
 @patch
 def save(self:Codec, path) -> Path:
     "Write the codec to a .safetensors file, atomically."
-    meta = {'format': CODEC_FORMAT, 'spec': str(self.spec), 'quantizers': [q.meta for q in self.quantizers]}
+    meta = {'format': CODEC_FORMAT, 'spec': str(self.spec), 'quantizers': [q.meta for q in self.quantizers], 'recipe': self.recipe}
     return save_tensors(path, self.state_dict(), CODEC_META_KEY, meta)
 
 @patch(cls_method=True)
@@ -220,7 +224,7 @@ def load(cls:Codec, path) -> Codec:
         if m.get('format') != CODEC_FORMAT: raise ValueError(f"codec format {m.get('format')} (this mbldm reads {CODEC_FORMAT})")
         qs = [Quantizer.from_state_dict({k: sd[f"{n}.{k}"] for k in ('codebooks', 'rotation')}, qm)
               for n, qm in zip(CHANNELS, m['quantizers'])]
-        return cls(m['spec'], qs)
+        return cls(m['spec'], qs, m.get('recipe'))
     except (KeyError, TypeError, AttributeError, ValueError) as e: raise ValueError(f"{path}: broken codec file ({e})") from None
 
 # %% ../nbs/11_codec.ipynb #80448d9a

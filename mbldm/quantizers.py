@@ -12,8 +12,8 @@ from fastcore.basics import patch
 from .core import save_tensors, load_tensors
 
 # %% auto #0
-__all__ = ['K', 'KINDS', 'OPQ_INITS', 'META_KEY', 'as_vectors', 'train_sample', 'Quantizer', 'random_rotation', 'pca_projection',
-           'pca_order', 'adjacent_distance', 'remap_codes']
+__all__ = ['K', 'KINDS', 'OPQ_INITS', 'META_KEY', 'as_vectors', 'train_sample', 'Quantizer', 'eigenvalue_allocation',
+           'random_rotation', 'pca_projection', 'pca_order', 'adjacent_distance', 'remap_codes']
 
 # %% ../nbs/10_quantizers.ipynb #a2749752
 K = 256  # entries per (sub-)codebook: every code is one byte
@@ -136,7 +136,19 @@ def _fit_pq(x, m, niter, seed, verbose):
     pq.train(x)
     return faiss.vector_to_array(pq.centroids).reshape(m, K, -1)
 
-OPQ_INITS = ('random', 'identity')
+OPQ_INITS = ('eigen', 'random', 'identity')
+
+def eigenvalue_allocation(x:np.ndarray, # (N, d) training vectors
+                          m:int, # number of sub-spaces
+                         ) -> np.ndarray: # (d, d) orthogonal, float32: row i is the principal axis that becomes rotated dimension i
+    "Ge et al.'s parametric OPQ: principal axes dealt to the `m` sub-spaces so that their eigenvalue products balance."
+    d = x.shape[1]
+    evals, evecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    logsum, members = np.zeros(m), [[] for _ in range(m)]
+    for i in np.argsort(evals)[::-1]:  # largest first, into the open sub-space with the smallest log-product so far
+        j = min((j for j in range(m) if len(members[j]) < d // m), key=lambda j: logsum[j])
+        members[j].append(i); logsum[j] += np.log(max(evals[i], 1e-12))
+    return np.ascontiguousarray(evecs[:, [i for b in members for i in b]].T, dtype=np.float32)
 
 def random_rotation(d:int, seed:int=0) -> np.ndarray:
     "A random orthogonal (d, d) matrix (Haar measure: QR of a Gaussian matrix, signs fixed), drawn with `seed`."
@@ -149,7 +161,8 @@ def _fit_opq(x, m, niter, seed, opq_niter, opq_init, verbose):
     opq, inner = faiss.OPQMatrix(d, m), faiss.ProductQuantizer(d, m, 8)
     inner.cp.seed = seed
     opq.pq, opq.niter, opq.max_train_points, opq.verbose = inner, opq_niter, n, verbose
-    A0 = random_rotation(d, seed) if opq_init == 'random' else np.eye(d, dtype=np.float32)
+    A0 = {'eigen': lambda: eigenvalue_allocation(x, m), 'random': lambda: random_rotation(d, seed),
+          'identity': lambda: np.eye(d, dtype=np.float32)}[opq_init]()
     faiss.copy_array_to_vector(A0.ravel(), opq.A)
     opq.train(x)
     R = faiss.vector_to_array(opq.A).reshape(d, d)
@@ -170,7 +183,7 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
         seed:int=0, # seeds the sample, k-means initialisation and OPQ's inner k-means
         niter:int=25, # k-means iterations (FAISS default 25)
         opq_niter:int=50, # OPQ outer iterations (FAISS default 50)
-        opq_init:str='identity', # OPQ's initial rotation: 'random' (seeded, as FAISS) or 'identity' (plain PQ)
+        opq_init:str='identity', # OPQ's initial rotation: 'eigen' (eigenvalue allocation), 'random' (seeded) or 'identity' (plain PQ)
         verbose:bool=False, # FAISS's own progress prints
        ) -> Quantizer:
     "Train the codebooks (and OPQ rotation) on `x`; the same data and seed give the same codebooks."
