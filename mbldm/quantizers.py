@@ -183,7 +183,7 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
         seed:int=0, # seeds the sample, k-means initialisation and OPQ's inner k-means
         niter:int=25, # k-means iterations (FAISS default 25)
         opq_niter:int=50, # OPQ outer iterations (FAISS default 50)
-        opq_init:str='identity', # OPQ's initial rotation: 'eigen' (eigenvalue allocation), 'random' (seeded) or 'identity' (plain PQ)
+        opq_init:str='eigen', # OPQ's initial rotation: 'eigen' (eigenvalue allocation), 'random' (seeded) or 'identity' (plain PQ)
         verbose:bool=False, # FAISS's own progress prints
        ) -> Quantizer:
     "Train the codebooks (and OPQ rotation) on `x`; the same data and seed give the same codebooks."
