@@ -37,6 +37,7 @@ class BaseCodec:
     def parse_rate(self, s:str): return s
     def encode(self, x:Tensor, rate=None) -> bytes: raise NotImplementedError
     def decode(self, data:bytes, rate, size:tuple) -> Tensor: raise NotImplementedError
+    def with_identity(self, identity:bytes): return self  # the model of this kind and spec with `identity` (a file's); no other here
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
 
 # %% ../nbs/13a_basecodecs.ipynb #f2004389
@@ -97,8 +98,9 @@ def decode(self:PillowCodec, data:bytes, rate, size:tuple) -> Tensor: return _pi
 class ModelCodec(BaseCodec):
     "The model-based codec (`mbldm.codec.Codec`): one fixed rate (its bpp); the bitstream is the index map, a byte per code."
     name, tag = 'mbl', 'CODE'
-    def __init__(self, codec:str|Path|Codec): # a shipped spec, a codec file or a Codec
-        self.codec = load_codec(codec)
+    def __init__(self, codec:str|Path|Codec, # a shipped spec, a codec file or a Codec
+                 identity:bytes|str|None=None): # with a spec: the shipped or archived codec with this identity (see `load_codec`)
+        self.codec = load_codec(codec, identity=identity)
         self.rates, self.identity = (self.codec.bpp,), bytes.fromhex(self.codec.identity)[:16]
     def spec(self, rate=None) -> str: return str(self.codec.spec)
     def parse_rate(self, s:str) -> float:
@@ -106,6 +108,9 @@ class ModelCodec(BaseCodec):
         return self.rates[0]
     def shape(self, size:tuple) -> tuple: return (self.codec.cbar, -(-size[0] // PATCH), -(-size[1] // PATCH))
     def __repr__(self): return f"ModelCodec({self.spec()!r})"
+    def with_identity(self, identity:bytes) -> ModelCodec:
+        "The shipped or archived codec of this spec whose identity starts with `identity` (a file's 16 bytes)."
+        return self if self.identity == bytes(identity) else ModelCodec(str(self.codec.spec), identity=bytes(identity))
 
 @patch
 def encode(self:ModelCodec, x:Tensor, rate=None) -> bytes:

@@ -114,17 +114,18 @@ def load_model(path, # checkpoints folder, one step_* folder, or a folder with c
 # %% ../nbs/05_checkpoints.ipynb #9cbcbcf8
 def checkpoint_codec(c:dict, # a config from `read_config`/`load_model`
                      codec=None): # a codec to use instead (spec, file or Codec), checked against the recorded identity
-    "The codec a latent model decodes with: `codec`, else codec.safetensors beside config.json, else the codec named there."
+    "The codec a latent model decodes with: `codec`, else codec.safetensors beside config.json, else the shipped or archived codec named there with the recorded identity."
     from mbldm.codec import load_codec
     cfg_dir = Path(c['loaded']['config']).parent if 'loaded' in c else None
     if codec is None:
         if cfg_dir is not None and (cfg_dir/CODEC_FILE).is_file(): codec = cfg_dir/CODEC_FILE
         elif c.get('codec'): codec = c['codec']
         else: raise ValueError(f"the {c['kind']} config names no codec and there is no {CODEC_FILE} beside it: pass a codec")
-    codec = load_codec(codec)
-    if c.get('codec_identity') and codec.identity != c['codec_identity']:
-        raise ValueError(f"codec {codec} is not the one the model was trained with (id {c['codec_identity'][:12]}); pass that codec file")
-    return codec
+    ident = c.get('codec_identity') or None
+    try: return load_codec(codec, identity=ident)
+    except ValueError as e:
+        if ident is None: raise
+        raise ValueError(f"codec {codec} is not the one the model was trained with (id {ident[:12]}): {e}") from None
 
 # %% ../nbs/05_checkpoints.ipynb #7f0c2d51
 def sample_checkpoint(ckpt, # checkpoint folder (or folder of them) of a generating kind

@@ -19,7 +19,8 @@ from .tracking import progress
 
 # %% auto #0
 __all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'CodecSpec', 'parse_spec', 'image_planes', 'channel_vectors',
-           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'pretrained_codecs', 'load_codec']
+           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'archive_dir', 'pretrained_codecs',
+           'archived_codecs', 'load_codec']
 
 # %% ../nbs/11_codec.ipynb #36984d37
 PATCH = 8  # patch side s
@@ -76,8 +77,9 @@ CHANNELS = ('Y', 'Cb', 'Cr')
 
 class Codec:
     "Model-based image codec: one quantizer per YCbCr channel on 8x8 patches."
-    def __init__(self, spec:str|CodecSpec, quantizers:list):
-        self.spec = parse_spec(spec)
+    def __init__(self, spec:str|CodecSpec, quantizers:list,
+                 recipe:dict|None=None): # how it was trained (data, sample, seed, iterations, mbldm version), stored in its file
+        self.spec, self.recipe = parse_spec(spec), dict(recipe or {})
         if len(quantizers) != 3: raise ValueError(f"{self.spec}: need 3 quantizers (Y, Cb, Cr), got {len(quantizers)}")
         for c, q in enumerate(quantizers):
             want = (self.spec.channel_kind(c), self.spec.codes[c], PATCH**2)
@@ -98,11 +100,14 @@ def fit_codec(spec:str|CodecSpec, # e.g. 'OPQ-32-8-8'
               pca:bool=True, # PCA-order the codebooks (paper Sec. 3.2.1)
               cache:dict|None=None, # {(channel, kind, m): Quantizer} reused across codecs trained on the same data
               beam_size:int=5, # RQ beam (FAISS default)
-              **fit_kw, # passed to `Quantizer.fit`: n_train, seed, niter, opq_niter, verbose
+              **fit_kw, # passed to `Quantizer.fit`: n_train, seed, niter, opq_niter, opq_init, verbose
              ) -> Codec:
     "Train the three channel quantizers of `spec` on all stride-1 patches of `images`."
+    import mbldm
     spec, qs = parse_spec(spec), []
     images = list(images)
+    recipe = dict(n_images=len(images), flip=flip, pca=pca, beam_size=beam_size, mbldm_version=mbldm.__version__,
+                  **{k: v for k, v in fit_kw.items() if k != 'verbose'})
     for c in progress(range(3), desc=f"fit {spec}", leave=False):
         key = (c, spec.channel_kind(c), spec.codes[c])
         if cache is not None and key in cache: qs.append(cache[key]); continue
@@ -110,7 +115,7 @@ def fit_codec(spec:str|CodecSpec, # e.g. 'OPQ-32-8-8'
         q = q.pca_ordered() if pca else q
         if cache is not None: cache[key] = q
         qs.append(q)
-    return Codec(spec, qs)
+    return Codec(spec, qs, recipe)
 
 # %% ../nbs/11_codec.ipynb #f78c1ad1
 def _as_batch(x, fn:str) -> Tensor:
@@ -208,7 +213,7 @@ def state_dict(self:Codec) -> dict:
 @patch
 def save(self:Codec, path) -> Path:
     "Write the codec to a .safetensors file, atomically."
-    meta = {'format': CODEC_FORMAT, 'spec': str(self.spec), 'quantizers': [q.meta for q in self.quantizers]}
+    meta = {'format': CODEC_FORMAT, 'spec': str(self.spec), 'quantizers': [q.meta for q in self.quantizers], 'recipe': self.recipe}
     return save_tensors(path, self.state_dict(), CODEC_META_KEY, meta)
 
 @patch(cls_method=True)
@@ -219,7 +224,7 @@ def load(cls:Codec, path) -> Codec:
         if m.get('format') != CODEC_FORMAT: raise ValueError(f"codec format {m.get('format')} (this mbldm reads {CODEC_FORMAT})")
         qs = [Quantizer.from_state_dict({k: sd[f"{n}.{k}"] for k in ('codebooks', 'rotation')}, qm)
               for n, qm in zip(CHANNELS, m['quantizers'])]
-        return cls(m['spec'], qs)
+        return cls(m['spec'], qs, m.get('recipe'))
     except (KeyError, TypeError, AttributeError, ValueError) as e: raise ValueError(f"{path}: broken codec file ({e})") from None
 
 # %% ../nbs/11_codec.ipynb #80448d9a
@@ -228,17 +233,51 @@ def pretrained_dir() -> Path:
     import mbldm
     return Path(mbldm.__file__).parent/'data'/'codecs'
 
+def archive_dir() -> Path:
+    "Folder of the earlier shipped codecs, `<spec>-<identity[:12]>.safetensors`, kept so their files still decode."
+    return pretrained_dir()/'archive'
+
 def pretrained_codecs() -> list[str]:
     "Specs of the shipped codecs."
     return sorted(p.stem for p in pretrained_dir().glob('*.safetensors'))
 
+def archived_codecs(spec:str|CodecSpec|None=None) -> list[Path]:
+    "Files of the earlier shipped codecs (of `spec`, or all), newest name order."
+    pat = f"{parse_spec(spec)}-*.safetensors" if spec is not None else '*.safetensors'
+    return sorted(archive_dir().glob(pat))
+
+def _identity_hex(identity:str|bytes) -> str:
+    "A codec identity (hex SHA-256, or bytes of it) as lower-case hex of at least 16 bytes (32 digits)."
+    s = identity.hex() if isinstance(identity, (bytes, bytearray)) else str(identity).strip().lower()
+    if not (32 <= len(s) <= 64 and re.fullmatch(r'[0-9a-f]+', s)):
+        raise ValueError(f"codec identity {identity!r} must be 32..64 hex digits (16..32 bytes of its SHA-256)")
+    return s
+
+def _by_identity(spec:str, ident:str) -> Codec:
+    "The shipped or archived codec of `spec` whose identity starts with `ident`."
+    seen = []
+    for f in [pretrained_dir()/f'{spec}.safetensors'] + archived_codecs(spec):
+        if not f.is_file() or (f.parent == archive_dir() and not ident.startswith(f.stem[len(spec) + 1:])): continue
+        c = Codec.load(f)
+        if c.identity.startswith(ident): return c
+        seen.append(f"{c.identity[:12]} ({f.name})")
+    raise ValueError(f"no {spec} codec with identity {ident[:12]} is shipped or archived (there are: {', '.join(seen) or 'none'}); "
+                     f"pass the codec file it was made with")
+
 def load_codec(name:str|Path|Codec='OPQ-32-8-8', # a shipped spec, a codec file, or a Codec
+               identity:str|bytes|None=None, # the codec must have this identity (hex, or bytes; a prefix of >= 16 bytes)
               ) -> Codec:
-    "A shipped codec by spec (e.g. 'OPQ-32-8-8') or a codec file by path."
-    if isinstance(name, Codec): return name
-    p = Path(name)
-    if p.suffix == '.safetensors' or p.is_file(): return Codec.load(p)
-    spec = str(parse_spec(name))
-    f = pretrained_dir()/f'{spec}.safetensors'
-    if not f.is_file(): raise ValueError(f"no shipped codec {spec}; shipped: {', '.join(pretrained_codecs()) or 'none'} (or pass a codec file)")
-    return Codec.load(f)
+    "A shipped codec by spec (with `identity`: the shipped or archived one that has it), or a codec file by path."
+    ident = None if identity is None else _identity_hex(identity)
+    if isinstance(name, Codec): c = name
+    elif Path(name).suffix == '.safetensors' or Path(name).is_file(): c = Codec.load(Path(name))
+    else:
+        spec = str(parse_spec(name))
+        if ident is not None: return _by_identity(spec, ident)
+        f = pretrained_dir()/f'{spec}.safetensors'
+        if not f.is_file(): raise ValueError(f"no shipped codec {spec}; shipped: {', '.join(pretrained_codecs()) or 'none'} (or pass a codec file)")
+        return Codec.load(f)
+    if ident is not None and not c.identity.startswith(ident):
+        raise ValueError(f"codec {c} does not have identity {ident[:12]}")
+    return c
+

@@ -149,7 +149,9 @@ def read_header(data:bytes, name:str='data') -> Header:
 def _decoder(hd:Header, codec, name:str) -> tuple:
     "The codec and rate to decode `hd` with, checked against the file."
     want = f"{hd.kind}:{hd.spec}"
-    try: bc, rate = CODECS[hd.kind].factory(hd.spec) if codec is None else (base_codec(codec)[0], None)
+    try:
+        bc, rate = CODECS[hd.kind].factory(hd.spec) if codec is None else (base_codec(codec)[0], None)
+        if codec is None and bc.identity != hd.identity: bc = bc.with_identity(hd.identity)  # an earlier (archived) model
     except ValueError as e: raise CodecFileError(f"{name}: written with {want}, which is not available ({e}); pass its codec file") from None
     if bc.name != hd.kind: raise CodecFileError(f"{name}: a {hd.kind} file (written with {want}), but the decoder's codec is {bc!r}")
     try: rate = bc.parse_rate(hd.spec) if codec is not None else rate

@@ -267,11 +267,10 @@ def source(self:LatentDataset, i:int) -> tuple[str, bool]:
 
 @patch
 def codec(self:LatentDataset, codec:str|Path|Codec|None=None) -> Codec:
-    "The codec that decodes this data set: `codec` (default: the shipped one of its spec), checked by identity."
-    c = load_codec(self.codec_spec if codec is None else codec)
-    if c.identity != self.identity:
-        raise ValueError(f"codec {c} is not the one that encoded {self.path} ({self.codec_spec}, id={self.identity[:12]}); pass that codec")
-    return c
+    "The codec that decodes this data set: `codec` (default: the shipped or archived one of its spec and identity), checked by identity."
+    try: return load_codec(self.codec_spec if codec is None else codec, identity=self.identity)
+    except ValueError as e:
+        raise ValueError(f"codec {codec or self.codec_spec} is not the one that encoded {self.path} ({self.codec_spec}, id={self.identity[:12]}): {e}") from None
 
 # %% ../nbs/23_latents.ipynb #fc6b9d6f
 def decode_latents(z:Tensor, # (B, Cbar, h, w) or (Cbar, h, w) values in [-1,1]

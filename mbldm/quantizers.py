@@ -12,8 +12,8 @@ from fastcore.basics import patch
 from .core import save_tensors, load_tensors
 
 # %% auto #0
-__all__ = ['K', 'KINDS', 'META_KEY', 'as_vectors', 'train_sample', 'Quantizer', 'pca_projection', 'pca_order',
-           'adjacent_distance', 'remap_codes']
+__all__ = ['K', 'KINDS', 'OPQ_INITS', 'META_KEY', 'as_vectors', 'train_sample', 'Quantizer', 'eigenvalue_allocation',
+           'random_rotation', 'pca_projection', 'pca_order', 'adjacent_distance', 'remap_codes']
 
 # %% ../nbs/10_quantizers.ipynb #a2749752
 K = 256  # entries per (sub-)codebook: every code is one byte
@@ -136,13 +136,34 @@ def _fit_pq(x, m, niter, seed, verbose):
     pq.train(x)
     return faiss.vector_to_array(pq.centroids).reshape(m, K, -1)
 
-def _fit_opq(x, m, niter, seed, opq_niter, verbose):
+OPQ_INITS = ('eigen', 'random', 'identity')
+
+def eigenvalue_allocation(x:np.ndarray, # (N, d) training vectors
+                          m:int, # number of sub-spaces
+                         ) -> np.ndarray: # (d, d) orthogonal, float32: row i is the principal axis that becomes rotated dimension i
+    "Ge et al.'s parametric OPQ: principal axes dealt to the `m` sub-spaces so that their eigenvalue products balance."
+    d = x.shape[1]
+    evals, evecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    logsum, members = np.zeros(m), [[] for _ in range(m)]
+    for i in np.argsort(evals)[::-1]:  # largest first, into the open sub-space with the smallest log-product so far
+        j = min((j for j in range(m) if len(members[j]) < d // m), key=lambda j: logsum[j])
+        members[j].append(i); logsum[j] += np.log(max(evals[i], 1e-12))
+    return np.ascontiguousarray(evecs[:, [i for b in members for i in b]].T, dtype=np.float32)
+
+def random_rotation(d:int, seed:int=0) -> np.ndarray:
+    "A random orthogonal (d, d) matrix (Haar measure: QR of a Gaussian matrix, signs fixed), drawn with `seed`."
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+def _fit_opq(x, m, niter, seed, opq_niter, opq_init, verbose):
     n, d = x.shape
     faiss = _faiss('OPQ.fit')
     opq, inner = faiss.OPQMatrix(d, m), faiss.ProductQuantizer(d, m, 8)
     inner.cp.seed = seed
     opq.pq, opq.niter, opq.max_train_points, opq.verbose = inner, opq_niter, n, verbose
-    faiss.copy_array_to_vector(np.eye(d, dtype=np.float32).ravel(), opq.A)  # start from plain PQ
+    A0 = {'eigen': lambda: eigenvalue_allocation(x, m), 'random': lambda: random_rotation(d, seed),
+          'identity': lambda: np.eye(d, dtype=np.float32)}[opq_init]()
+    faiss.copy_array_to_vector(A0.ravel(), opq.A)
     opq.train(x)
     R = faiss.vector_to_array(opq.A).reshape(d, d)
     return _fit_pq(opq.apply(x), m, niter, seed, verbose), R
@@ -162,10 +183,12 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
         seed:int=0, # seeds the sample, k-means initialisation and OPQ's inner k-means
         niter:int=25, # k-means iterations (FAISS default 25)
         opq_niter:int=50, # OPQ outer iterations (FAISS default 50)
+        opq_init:str='eigen', # OPQ's initial rotation: 'eigen' (eigenvalue allocation), 'random' (seeded) or 'identity' (plain PQ)
         verbose:bool=False, # FAISS's own progress prints
        ) -> Quantizer:
     "Train the codebooks (and OPQ rotation) on `x`; the same data and seed give the same codebooks."
     faiss = _faiss(f'{self.kind}.fit')
+    if opq_init not in OPQ_INITS: raise ValueError(f"opq_init must be one of {OPQ_INITS}, got {opq_init!r}")
     x = as_vectors(x, self.d, f'{self.kind}.fit')
     xt = train_sample(x, n_train, seed)
     if len(xt) < K: raise ValueError(f"{self.kind}.fit: need at least K={K} training vectors, got {len(xt)}")
@@ -175,8 +198,8 @@ def fit(self:Quantizer, x, # (N, d) training vectors (array or tensor)
     if self.kind in ('VQ', 'PQ'): cb = _fit_pq(xt, self.m, niter, seed, verbose)
     elif self.kind == 'RQ': cb = _fit_rq(xt, self.m, niter, seed, self.beam_size, verbose)
     else:
-        cb, R = _fit_opq(xt, self.m, niter, seed, opq_niter, verbose)
-        meta.update(opq_niter=opq_niter, opq_kmeans_points=min(len(xt), 1000 * K))
+        cb, R = _fit_opq(xt, self.m, niter, seed, opq_niter, opq_init, verbose)
+        meta.update(opq_niter=opq_niter, opq_init=opq_init, opq_kmeans_points=min(len(xt), 1000 * K))
     return self._set_codebooks(cb, R, meta)
 
 # %% ../nbs/10_quantizers.ipynb #ce6f7d59

@@ -102,3 +102,19 @@ def test_register_kind_makes_a_new_model_loadable(tmp_path, monkeypatch):
     save_config(tmp_path, make_config('linear', {'n': 3}))
     m, method, c = load_model(tmp_path, ema=False)
     assert method == {'scale': 2} and torch.equal(m.weight, net.weight)
+
+
+def test_legacy_checkpoint_decodes_with_the_codec_it_was_trained_on():
+    "A 0.1 model names OPQ-32-8-8 and the identity of the codec shipped then: that codec (archived once retrained) decodes it."
+    from mbldm.checkpoints import checkpoint_codec
+    from mbldm.codec import load_codec
+    from mbldm.latents import decode_latents
+    old = 'c2bf94f0a6d96cc9679d30e3f78d1ca7153a2f6550baec5b1c784c0db6d861b3'
+    _, _, c = load_model(LEGACY/'continuous'/'checkpoints')
+    assert c['codec_identity'] == old
+    codec = checkpoint_codec(c)
+    assert codec.identity == old and checkpoint_codec(c, 'OPQ-32-8-8').identity == old
+    z = load_file(LEGACY/'continuous_expected.safetensors')['z']
+    assert decode_latents(z, codec).shape == (2, 3, 32, 32)
+    if load_codec('OPQ-32-8-8').identity != old:  # the current codec is refused, never used in its place
+        with pytest.raises(ValueError, match='not the one the model was trained with'): checkpoint_codec(c, load_codec('OPQ-32-8-8'))

@@ -236,6 +236,18 @@ def test_codec_identity_check(encoded, codec):
     with pytest.raises(ValueError, match="not the one that encoded"): ds.codec(other)
 
 
+def test_codec_found_by_identity_in_the_archive(encoded, codec, tmp_path, monkeypatch):
+    "Latents made with a codec that has since been replaced decode with the archived one, found by identity."
+    from mbldm import codec as codec_module
+    monkeypatch.setattr(codec_module, 'pretrained_dir', lambda: tmp_path)
+    other = Codec('OPQ-32-8-8', [codec.quantizers[0], codec.quantizers[2], codec.quantizers[1]])
+    other.save(tmp_path/'OPQ-32-8-8.safetensors')  # the shipped OPQ-32-8-8 is now another codec
+    ds = LatentDataset(encoded)
+    with pytest.raises(ValueError, match="not the one that encoded.*no OPQ-32-8-8 codec with identity"): ds.codec()
+    (tmp_path/'archive').mkdir(); codec.save(tmp_path/'archive'/f'OPQ-32-8-8-{codec.identity[:12]}.safetensors')
+    assert ds.codec().identity == codec.identity and ds.codec('OPQ-32-8-8').identity == codec.identity
+
+
 def test_pickle_drops_maps(encoded):
     import pickle
     ds = LatentDataset(encoded); ds[0]

@@ -3,7 +3,7 @@ import sys
 import faiss, numpy as np, pytest, torch
 from safetensors.torch import save_file
 from mbldm.quantizers import (K, KINDS, Quantizer, train_sample, pca_projection, pca_order, adjacent_distance,
-                              remap_codes, as_vectors)
+                              remap_codes, as_vectors, eigenvalue_allocation, random_rotation, OPQ_INITS)
 
 D, M = 16, 2  # small vectors keep every fit well under a second
 
@@ -93,6 +93,29 @@ def test_opq_rotation_orthogonal(qs):
     assert (R @ R.T - torch.eye(D)).abs().max() < 1e-5
     assert not torch.equal(R, torch.eye(D))  # it did rotate
     for kind in ('VQ', 'PQ', 'RQ'): assert torch.equal(qs[kind].rotation, torch.eye(D))
+
+def test_eigenvalue_allocation():
+    "Rows are the principal axes, dealt to the sub-spaces so that their eigenvalue products balance (Ge et al. 2013)."
+    rng = np.random.default_rng(1)
+    lam = np.geomspace(400, 0.25, D)  # variances of the principal axes
+    x = ((rng.standard_normal((20000, D)) * np.sqrt(lam)) @ random_rotation(D, 3).T).astype(np.float32)
+    R = eigenvalue_allocation(x, M)
+    assert np.abs(R @ R.T - np.eye(D)).max() < 1e-5
+    cov = np.cov(x @ R.T, rowvar=False)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.05 * lam[0]  # the rotated dimensions are decorrelated
+    logs = np.log(np.diag(cov)).reshape(M, -1).sum(1)
+    contiguous = np.log(np.sort(np.diag(cov))[::-1]).reshape(M, -1).sum(1)  # the top half of the axes in one sub-space
+    assert abs(logs[0] - logs[1]) < 0.2 * abs(contiguous[0] - contiguous[1])
+
+@pytest.mark.parametrize('init', OPQ_INITS)
+def test_opq_init(init):
+    q = fit('OPQ', opq_init=init)
+    assert q.meta['opq_init'] == init
+    assert (q.rotation @ q.rotation.T - torch.eye(D)).abs().max() < 1e-5
+    assert torch.equal(fit('OPQ', opq_init=init).rotation, q.rotation)  # deterministic for every start
+    others = [fit('OPQ', opq_init=i).rotation for i in OPQ_INITS if i != init]
+    assert not any(torch.allclose(q.rotation, r, atol=1e-3) for r in others)  # the start matters
+    with pytest.raises(ValueError, match='opq_init must be one of'): fit('OPQ', opq_init='pca')
 
 @pytest.mark.parametrize('kind', KINDS)
 def test_torch_decode_matches_faiss(kind, qs):
