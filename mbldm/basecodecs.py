@@ -110,7 +110,7 @@ class ModelCodec(BaseCodec):
     def __repr__(self): return f"ModelCodec({self.spec()!r})"
     def with_identity(self, identity:bytes) -> ModelCodec:
         "The shipped or archived codec of this spec whose identity starts with `identity` (a file's 16 bytes)."
-        return self if self.identity == bytes(identity) else ModelCodec(str(self.codec.spec), identity=bytes(identity))
+        return self if self.identity == bytes(identity) else type(self)(load_codec(str(self.codec.spec), identity=bytes(identity)))  # same class: an entropy-coded file stays one
 
 @patch
 def encode(self:ModelCodec, x:Tensor, rate=None) -> bytes:

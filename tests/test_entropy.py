@@ -116,3 +116,17 @@ def test_huge_claim_refused_before_decoding():
     t0 = time.perf_counter()
     with pytest.raises(CodecFileError, match='cannot hold'): decompress(forged)
     assert time.perf_counter() - t0 < 2
+
+def test_ec_file_of_an_archived_codec_decodes_without_naming_it():
+    "A +ec file written with a since-replaced (archived) codec is decoded by that codec, as an entropy-coded file."
+    from mbldm.codec import archive_dir, load_codec
+    from mbldm.container import compress, decompress
+    from mbldm.core import sample_image
+    old = sorted(archive_dir().glob('OPQ-32-8-8-*.safetensors'))[0]
+    x = sample_image('coffee')[:, :64, :96]
+    data = compress(x, f'{old}+ec')
+    y = decompress(data)
+    c_old, c_new = load_codec(old), load_codec('OPQ-32-8-8')
+    assert c_old.identity != c_new.identity
+    assert torch.equal(y, c_old.decode(c_old.encode(x[None]), size=(64, 96))[0])
+    assert not torch.equal(y, c_new.decode(c_new.encode(x[None]), size=(64, 96))[0])
