@@ -190,12 +190,24 @@ def argmax_accuracy(cd:CategoricalDiffusion, model, x0:Tensor, # (B, Cbar, h, w)
 class LossTermsCB(Callback):
     "Record every scalar entry of the loss dict (one list per term: 'loss', 'img', 'eps', ...) at every step."
     order = 50
-    def __init__(self): self.terms = {}
+    def __init__(self, every:int=256): # move the recorded terms to the host every this many steps (no per-step sync)
+        self.every, self._terms, self._queue = every, {}, []
     def after_loss(self):
-        for k, v in self.learn.out.items():
-            if torch.is_tensor(v) and v.numel() == 1: self.terms.setdefault(k, []).append(v.detach().float().item())
+        self._queue.append({k: v.detach().float().reshape(()) for k, v in self.learn.out.items() if torch.is_tensor(v) and v.numel() == 1})
+        if len(self._queue) >= self.every: self._flush()
+    def _flush(self):
+        "Move the queued device scalars to the host in one transfer per term."
+        q, self._queue = self._queue, []
+        for k in dict.fromkeys(k for d in q for k in d):
+            vals = [d[k] for d in q if k in d]
+            self._terms.setdefault(k, []).extend(torch.stack([v.to(vals[0].device) for v in vals]).tolist())
+    @property
+    def terms(self) -> dict:
+        "Term name -> the list of its values, one per step."
+        if self._queue: self._flush()
+        return self._terms
     def state_dict(self): return {k: torch.tensor(v, dtype=torch.float64) for k, v in self.terms.items()}
-    def load_state_dict(self, sd): self.terms = {k: v.tolist() for k, v in sd.items()}
+    def load_state_dict(self, sd): self._terms, self._queue = {k: v.tolist() for k, v in sd.items()}, []
     def drop(self, k:str, n:int=20) -> float:
         "1 - mean(last n) / mean(first n) of term `k`: the fraction by which it fell."
         v = self.terms[k]; n = min(n, len(v))

@@ -228,3 +228,16 @@ def test_head_runs_in_float32_under_bf16_autocast(random_codec, codes):
         y = torch.rand(3, 6, K, 4, 4).softmax(2)
         assert expected_unit(y).dtype == torch.float32 and cd.decode_image(y).dtype == torch.float32
     for k in ('img', 'eps_mse'): assert r[k].item() < 1e-6, (k, r[k].item())
+
+def test_loss_terms_recorded_exactly_without_per_step_sync():
+    "Terms queued on the device and moved every `every` steps are still every step's exact value, in order."
+    from types import SimpleNamespace
+    cb = LossTermsCB(every=3); cb.learn = SimpleNamespace(out={})
+    want = {'loss': [], 'img': []}
+    for i in range(7):
+        cb.learn.out = {'loss': torch.tensor(float(i)), 'img': torch.tensor([0.5 * i]), 'x0_hat': torch.zeros(2, 2)}
+        want['loss'].append(float(i)); want['img'].append(0.5 * i)
+        cb.after_loss()
+    assert len(cb._queue) == 1            # 6 of 7 already moved in two transfers, one still on the device
+    assert cb.terms == want and cb._queue == []
+    cb2 = LossTermsCB(); cb2.load_state_dict(cb.state_dict()); assert cb2.terms == want
