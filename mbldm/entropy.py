@@ -91,7 +91,8 @@ def _add(table, total, ctx, r):
     if big.any(): table[big] = (table[big] + 1) // 2; total[big] = table[big].sum(-1)
 
 def _run(shape:tuple, plan:list, step) -> np.ndarray:
-    "The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, pos, pred, probs)` returns the residuals."
+    """The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, pos, pred, probs)` returns the residuals.
+    `probs()` is the (n, K) float64 table counts of the n codes, `probs(r)` only the counts of the residuals `r` and the tables' totals."""
     C, h, w = shape
     x, mres = np.zeros((C, h * w + 1), np.int64), np.zeros((C, h * w + 1), np.int64)  # flat codes and their MED residuals, and the zero cell
     glob, counts = np.ones((C, 1, K), np.int64), np.ones((C, _NA * _NP, K), np.int64)  # per channel; per channel and context
@@ -100,8 +101,10 @@ def _run(shape:tuple, plan:list, step) -> np.ndarray:
         for ch in range(C):
             m, pred, ctx = _context(x, mres, plan, ch, pos, ia, ib, ic)
             use_ctx = plan[ch][1] or plan[ch][3] != ''
-            probs = counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch], len(pos), 0)
-            r = step(ch, pos, pred, probs.astype(np.float64))
+            def probs(r=None):
+                if r is not None: return (counts[ch, ctx, r] + glob[ch, 0, r], ctot[ch, ctx] + gtot[ch]) if use_ctx else (glob[ch, 0, r], gtot[ch])
+                return (counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch], len(pos), 0)).astype(np.float64)
+            r = step(ch, pos, pred, probs)
             x[ch, pos] = (pred + r) % K; mres[ch, pos] = (x[ch, pos] - m) % K
             _add(glob[ch], gtot[ch], np.zeros_like(r), r)
             if use_ctx: _add(counts[ch], ctot[ch], ctx, r)
@@ -133,7 +136,7 @@ def _bits(codes:np.ndarray, plan:list) -> np.ndarray:
     flat, total = codes.reshape(len(codes), -1), np.zeros(len(codes))
     def step(ch, pos, pred, probs):
         r = (flat[ch, pos] - pred) % K
-        total[ch] -= np.log2(probs[np.arange(len(r)), r] / probs.sum(1)).sum(); return r
+        p, tot = probs(r); total[ch] -= np.log2(p / tot).sum(); return r
     _run(codes.shape, plan, step)
     return total
 
@@ -159,7 +162,7 @@ def encode_indices(codes, # (Cbar, h, w) integer index map, codes in 0..255
     plan, flat = channel_plan(spec, model, flags), codes.reshape(len(codes), -1)
     def step(ch, pos, pred, probs):
         r = ((flat[ch, pos] - pred) % K).astype(np.int32)
-        enc.encode(r, _FAMILY, probs); return r
+        enc.encode(r, _FAMILY, probs()); return r
     _run(codes.shape, plan, step)
     field = np.packbits(np.array(flags, np.uint8), bitorder='little').tobytes() if model == 'ctx' else b''
     crc = zlib.crc32(codes.astype(np.uint8).tobytes())
@@ -195,7 +198,7 @@ def decode_indices(data:bytes, # a stream written by `encode_indices`
     spec, data = parse_spec(spec), bytes(data)
     model, flags, head = _check_stream(data, spec, shape)
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4', offset=head).astype(np.uint32))
-    def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs).astype(np.int64)
+    def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs()).astype(np.int64)
     try: x = _run(tuple(shape), channel_plan(spec, model, flags), step).astype(np.uint8)
     except (ValueError, RuntimeError, AssertionError) as e: raise _corrupt(str(e)) from None  # constriction raises AssertionError on data invalid for the model
     if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, head - 4)[0]: raise _corrupt("the decoded index map fails its checksum")
