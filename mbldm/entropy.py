@@ -17,8 +17,8 @@ from fastcore.basics import patch
 from .basecodecs import BaseCodec, ModelCodec, _one
 
 # %% auto #0
-__all__ = ['MODELS', 'INC', 'LIMIT', 'ACTIVITY', 'PARENT_RES', 'PARENT_VAL', 'MIN_BITS', 'med', 'channel_plan', 'encode_indices',
-           'estimate_bits', 'decode_indices', 'EntropyCodec', 'ec_codec']
+__all__ = ['MODELS', 'INC', 'LIMIT', 'ACTIVITY', 'PARENT_RES', 'PARENT_VAL', 'LEFT_VAL', 'MIN_BITS', 'med', 'channel_plan',
+           'ctx_flags', 'encode_indices', 'estimate_bits', 'decode_indices', 'EntropyCodec', 'ec_codec']
 
 # %% ../nbs/13b_entropy.ipynb #cda8fad3
 def _diagonals(h:int, w:int) -> list:
@@ -39,42 +39,50 @@ def med(a, b, c):
     return np.where(c >= hi, lo, np.where(c <= lo, hi, a + b - c))
 
 # %% ../nbs/13b_entropy.ipynb #c7637ce1
-MODELS = ('order0', 'med', 'ctx')  # the stream's model byte is the index
+MODELS = ('order0', 'med', 'ctx')  # the entropy models; a stream's model byte is 0, 1 or 3 (2: 'ctx' before its flag field)
 INC, LIMIT = 16, 1 << 13  # count added per coded symbol; a table whose total passes LIMIT is halved
 ACTIVITY = (1, 3, 8, 20)  # 'ctx': thresholds on |a - c| + |b - c| (5 buckets)
 PARENT_RES = (0, 2, 6, 16)  # 'ctx', PQ/OPQ sub-codes: thresholds on the previous sub-code's wrapped MED residual
 PARENT_VAL = 16  # 'ctx', RQ stages: the previous stage's code // 16 (16 buckets)
+LEFT_VAL = 16  # 'ctx', a channel flagged 1 (no prediction): the left code // 16 (16 buckets)
 
 def channel_plan(spec:str|CodecSpec, # codec spec, e.g. 'OPQ-32-8-8'
                  model:str='ctx', # 'order0', 'med' or 'ctx'
-                ) -> list: # per latent channel: (MED?, activity context?, parent channel or -1, parent mode '', 'r' or 'v')
+                 flags=None, # 'ctx' only: per latent channel 0 (predict) or 1 (code the value); None: all 0
+                ) -> list: # per latent channel: (MED?, activity context?, parent channel or -1, context mode '', 'r', 'v' or 'n')
     "How `model` codes each latent channel of `spec`."
     if model not in MODELS: raise ValueError(f"entropy model {model!r} is not one of {', '.join(MODELS)}")
     spec, plan = parse_spec(spec), []
+    fl = [0] * spec.cbar if flags is None else [int(f) for f in flags]
+    if len(fl) != spec.cbar or not set(fl) <= {0, 1} or (model != 'ctx' and any(fl)):
+        raise ValueError(f"entropy model {model!r}: flags are one 0 or 1 per latent channel of {spec} ({spec.cbar}, all 0 unless 'ctx'), got {list(flags)}")
     for c, m in enumerate(spec.codes):
         rq = spec.channel_kind(c) == 'RQ'
         for k in range(m):
             if model == 'order0': plan.append((False, False, -1, ''))
             elif model == 'med': plan.append((True, False, -1, ''))
+            elif fl[len(plan)]: plan.append((False, False, -1, 'n'))
             elif k == 0: plan.append((True, True, -1, ''))
             elif rq: plan.append((False, False, len(plan) - 1, 'v'))
             else: plan.append((True, True, len(plan) - 1, 'r'))
     return plan
 
 # %% ../nbs/13b_entropy.ipynb #601cb2a2
-_NA, _NP = len(ACTIVITY) + 1, max(len(PARENT_RES) + 1, K // PARENT_VAL)  # activity and parent buckets
+_NA, _NP = len(ACTIVITY) + 1, max(len(PARENT_RES) + 1, K // PARENT_VAL, K // LEFT_VAL)  # activity and parent/left buckets
 
 def _wrap(r): r = r % K; return np.minimum(r, K - r)
 
-def _context(x, res, plan, ch, pos, ia, ib, ic) -> tuple:
-    "MED prediction (or 0) and table index of the codes at flat positions `pos` of channel `ch`, from codes already coded."
+def _context(x, mres, plan, ch, pos, ia, ib, ic) -> tuple:
+    "MED prediction, the prediction used (MED or 0) and table index of the codes at flat positions `pos` of channel `ch`, from codes already coded."
     predict, activity, parent, mode = plan[ch]
     a, b, c = x[ch, ia], x[ch, ib], x[ch, ic]
-    pred = med(a, b, c) if predict else np.zeros_like(pos)
+    m = med(a, b, c)
+    pred = m if predict else np.zeros_like(pos)
     ctx = np.searchsorted(ACTIVITY, np.abs(a - c) + np.abs(b - c), side='right') * _NP if activity else np.zeros_like(pos)
-    if mode == 'r': ctx = ctx + np.searchsorted(PARENT_RES, _wrap(res[parent, pos]), side='right')
+    if mode == 'r': ctx = ctx + np.searchsorted(PARENT_RES, _wrap(mres[parent, pos]), side='right')
     if mode == 'v': ctx = ctx + x[parent, pos] // PARENT_VAL
-    return pred, ctx
+    if mode == 'n': ctx = ctx + a // LEFT_VAL
+    return m, pred, ctx
 
 def _add(table, total, ctx, r):
     "Count the residuals `r` in rows `ctx` of `table` (row sums in `total`); halve the rows whose total passed LIMIT."
@@ -83,18 +91,21 @@ def _add(table, total, ctx, r):
     if big.any(): table[big] = (table[big] + 1) // 2; total[big] = table[big].sum(-1)
 
 def _run(shape:tuple, plan:list, step) -> np.ndarray:
-    "The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, pos, pred, probs)` returns the residuals."
+    """The loop encoder and decoder share: diagonal by diagonal, channel by channel; `step(ch, pos, pred, probs)` returns the residuals.
+    `probs()` is the (n, K) float64 table counts of the n codes, `probs(r)` only the counts of the residuals `r` and the tables' totals."""
     C, h, w = shape
-    x, res = np.zeros((C, h * w + 1), np.int64), np.zeros((C, h * w + 1), np.int64)  # flat planes and the zero cell
+    x, mres = np.zeros((C, h * w + 1), np.int64), np.zeros((C, h * w + 1), np.int64)  # flat codes and their MED residuals, and the zero cell
     glob, counts = np.ones((C, 1, K), np.int64), np.ones((C, _NA * _NP, K), np.int64)  # per channel; per channel and context
     gtot, ctot = glob.sum(-1), counts.sum(-1)
     for pos, ia, ib, ic in _diagonals(h, w):
         for ch in range(C):
-            pred, ctx = _context(x, res, plan, ch, pos, ia, ib, ic)
-            use_ctx = plan[ch][1] or plan[ch][2] >= 0
-            probs = counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch], len(pos), 0)
-            r = step(ch, pos, pred, probs.astype(np.float64))
-            res[ch, pos], x[ch, pos] = r, (pred + r) % K
+            m, pred, ctx = _context(x, mres, plan, ch, pos, ia, ib, ic)
+            use_ctx = plan[ch][1] or plan[ch][3] != ''
+            def probs(r=None):
+                if r is not None: return (counts[ch, ctx, r] + glob[ch, 0, r], ctot[ch, ctx] + gtot[ch]) if use_ctx else (glob[ch, 0, r], gtot[ch])
+                return (counts[ch, ctx] + glob[ch] if use_ctx else np.repeat(glob[ch], len(pos), 0)).astype(np.float64)
+            r = step(ch, pos, pred, probs)
+            x[ch, pos] = (pred + r) % K; mres[ch, pos] = (x[ch, pos] - m) % K
             _add(glob[ch], gtot[ch], np.zeros_like(r), r)
             if use_ctx: _add(counts[ch], ctot[ch], ctx, r)
     return x[:, :-1].reshape(shape)
@@ -102,7 +113,12 @@ def _run(shape:tuple, plan:list, step) -> np.ndarray:
 # %% ../nbs/13b_entropy.ipynb #9ba58c48
 MIN_BITS = 0.005  # bits per code below which no stream can go (measured minimum about 0.07): longer claims are corrupt
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities per symbol, rescaled exactly by constriction
-_HEAD = 5  # model byte + CRC-32 of the index map
+_BYTE = {'order0': 0, 'med': 1, 'ctx': 3}  # model -> the stream's first byte
+_READS = {0: 'order0', 1: 'med', 2: 'ctx', 3: 'ctx'}  # first byte -> model; 2: 'ctx' without a flag field (all channels predicted)
+
+def _head(byte:int, cbar:int) -> int:
+    "Bytes before the range coder's words: model byte, the 'ctx' flag field (one bit per latent channel), CRC-32."
+    return 1 + (cbar + 7) // 8 * (byte == 3) + 4
 
 def _check_map(codes, spec) -> np.ndarray:
     "`codes` as an int64 (Cbar, h, w) map of `spec`; clear errors for a wrong shape, dtype or range."
@@ -115,40 +131,64 @@ def _check_map(codes, spec) -> np.ndarray:
     return codes.astype(np.int64)
 
 # %% ../nbs/13b_entropy.ipynb #ddc73f3c
+def _bits(codes:np.ndarray, plan:list) -> np.ndarray:
+    "Per latent channel, the ideal code length in bits of the checked map `codes` coded with `plan` (sum of -log2 p)."
+    flat, total = codes.reshape(len(codes), -1), np.zeros(len(codes))
+    def step(ch, pos, pred, probs):
+        r = (flat[ch, pos] - pred) % K
+        p, tot = probs(r); total[ch] -= np.log2(p / tot).sum(); return r
+    _run(codes.shape, plan, step)
+    return total
+
+def _choose(codes:np.ndarray, spec:CodecSpec) -> tuple:
+    "The 'ctx' flags of the checked map `codes` (per channel the cheaper coding, ties predicted) and the bits per channel they cost."
+    pred, value = (_bits(codes, channel_plan(spec, 'ctx', [f] * spec.cbar)) for f in (0, 1))
+    return tuple(int(f) for f in value < pred), np.minimum(pred, value)
+
+def ctx_flags(codes, # (Cbar, h, w) integer index map
+              spec:str|CodecSpec, # the codec spec the map is of
+             ) -> tuple: # per latent channel: 0 coded with prediction, 1 without
+    "The flags the `ctx` encoder writes for `codes`: per channel, the coding with the smaller exact code length."
+    return _choose(_check_map(codes, spec), parse_spec(spec))[0]
+
 def encode_indices(codes, # (Cbar, h, w) integer index map, codes in 0..255
                    spec:str|CodecSpec, # the codec spec the map is of
                    model:str='ctx', # 'order0', 'med' or 'ctx'
+                   flags=None, # 'ctx': per channel 0 or 1 (see `channel_plan`); None: `ctx_flags`, the cheaper per channel
                   ) -> bytes:
-    "The entropy-coded stream of one index map: model byte, CRC-32 of the map, range-coded words."
-    codes, enc = _check_map(codes, spec), constriction.stream.queue.RangeEncoder()
-    flat = codes.reshape(len(codes), -1)
+    "The entropy-coded stream of one index map: model byte, flag field ('ctx'), CRC-32 of the map, range-coded words."
+    codes, spec, enc = _check_map(codes, spec), parse_spec(spec), constriction.stream.queue.RangeEncoder()
+    if model == 'ctx' and flags is None: flags = ctx_flags(codes, spec)
+    plan, flat = channel_plan(spec, model, flags), codes.reshape(len(codes), -1)
     def step(ch, pos, pred, probs):
         r = ((flat[ch, pos] - pred) % K).astype(np.int32)
-        enc.encode(r, _FAMILY, probs); return r
-    _run(codes.shape, channel_plan(spec, model), step)
+        enc.encode(r, _FAMILY, probs()); return r
+    _run(codes.shape, plan, step)
+    field = np.packbits(np.array(flags, np.uint8), bitorder='little').tobytes() if model == 'ctx' else b''
     crc = zlib.crc32(codes.astype(np.uint8).tobytes())
-    return bytes([MODELS.index(model)]) + struct.pack('<I', crc) + enc.get_compressed().astype('<u4').tobytes()
+    return bytes([_BYTE[model]]) + field + struct.pack('<I', crc) + enc.get_compressed().astype('<u4').tobytes()
 
-def estimate_bits(codes, spec:str|CodecSpec, model:str='ctx') -> float:
+def estimate_bits(codes, spec:str|CodecSpec, model:str='ctx', flags=None) -> float:
     "The model's ideal code length of `codes` in bits (sum of -log2 p); the range-coded words come within a few bits of it."
-    codes, total = _check_map(codes, spec), [0.]
-    flat = codes.reshape(len(codes), -1)
-    def step(ch, pos, pred, probs):
-        r = (flat[ch, pos] - pred) % K
-        total[0] -= np.log2(probs[np.arange(len(r)), r] / probs.sum(1)).sum(); return r
-    _run(codes.shape, channel_plan(spec, model), step)
-    return total[0]
+    codes, spec = _check_map(codes, spec), parse_spec(spec)
+    if model == 'ctx' and flags is None: return float(_choose(codes, spec)[1].sum())
+    return float(_bits(codes, channel_plan(spec, model, flags)).sum())
 
 # %% ../nbs/13b_entropy.ipynb #5d19127e
 def _corrupt(msg): return ValueError(f"corrupted entropy-coded stream: {msg}")
 
-def _check_stream(data:bytes, spec:CodecSpec, shape:tuple):
-    "Refuse a stream whose framing, model byte or length cannot be right for a (Cbar, h, w) = `shape` map of `spec`."
+def _check_stream(data:bytes, spec:CodecSpec, shape:tuple) -> tuple:
+    "The model, flags and header length of a stream; refuse one whose framing, model byte, flags or length cannot be right for a (Cbar, h, w) = `shape` map of `spec`."
     C, h, w = shape
     if C != spec.cbar or h < 1 or w < 1: raise ValueError(f"entropy coding: a {spec} index map is ({spec.cbar}, h, w), got shape {tuple(shape)}")
-    if len(data) < _HEAD or (len(data) - _HEAD) % 4: raise _corrupt(f"{len(data)} bytes, expected {_HEAD} + a multiple of 4")
-    if data[0] >= len(MODELS): raise _corrupt(f"model byte {data[0]} (known: 0..{len(MODELS) - 1})")
-    if C * h * w * MIN_BITS > 8 * (len(data) - _HEAD) + 64: raise _corrupt(f"{len(data)} bytes cannot hold the {C * h * w} codes of a {h}x{w} patch map")
+    if not data: raise _corrupt("0 bytes, no model byte")
+    if data[0] not in _READS: raise _corrupt(f"model byte {data[0]} (known: {', '.join(map(str, _READS))})")
+    head = _head(data[0], C)
+    if len(data) < head or (len(data) - head) % 4: raise _corrupt(f"{len(data)} bytes, expected {head} + a multiple of 4")
+    bits = np.unpackbits(np.frombuffer(data[1:head - 4], np.uint8), bitorder='little')
+    if bits[C:].any(): raise _corrupt(f"flag field {data[1:head - 4].hex()} sets bits past the {C} channels")
+    if C * h * w * MIN_BITS > 8 * (len(data) - head) + 64: raise _corrupt(f"{len(data)} bytes cannot hold the {C * h * w} codes of a {h}x{w} patch map")
+    return _READS[data[0]], (bits[:C] if data[0] == 3 else None), head
 
 def decode_indices(data:bytes, # a stream written by `encode_indices`
                    spec:str|CodecSpec, # the codec spec
@@ -156,12 +196,12 @@ def decode_indices(data:bytes, # a stream written by `encode_indices`
                   ) -> np.ndarray: # (Cbar, h, w) uint8
     "The index map of an entropy-coded stream, bit-identical to the encoder's; ValueError for any corrupted stream."
     spec, data = parse_spec(spec), bytes(data)
-    _check_stream(data, spec, shape)
-    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4', offset=_HEAD).astype(np.uint32))
-    def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs).astype(np.int64)
-    try: x = _run(tuple(shape), channel_plan(spec, MODELS[data[0]]), step).astype(np.uint8)
+    model, flags, head = _check_stream(data, spec, shape)
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4', offset=head).astype(np.uint32))
+    def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs()).astype(np.int64)
+    try: x = _run(tuple(shape), channel_plan(spec, model, flags), step).astype(np.uint8)
     except (ValueError, RuntimeError, AssertionError) as e: raise _corrupt(str(e)) from None  # constriction raises AssertionError on data invalid for the model
-    if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, 1)[0]: raise _corrupt("the decoded index map fails its checksum")
+    if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, head - 4)[0]: raise _corrupt("the decoded index map fails its checksum")
     if not dec.maybe_exhausted(): raise _corrupt("data left over after the last code")
     return x
 

@@ -6,7 +6,7 @@ from mbldm.core import sample_image, write_png
 from mbldm.codec import load_codec
 from mbldm.basecodecs import base_codec, ModelCodec
 from mbldm.container import compress, decompress, read_header, pack, header_bytes, CodecFileError
-from mbldm.entropy import (MODELS, EntropyCodec, encode_indices, decode_indices, estimate_bits, channel_plan, med, _HEAD)
+from mbldm.entropy import (MODELS, EntropyCodec, encode_indices, decode_indices, estimate_bits, channel_plan, ctx_flags, med, _head)
 
 RNG = np.random.default_rng(0)
 
@@ -25,24 +25,54 @@ def test_roundtrip_bit_exact_on_awkward_maps(spec, cbar, model):
         s = encode_indices(z, spec, model)
         back = decode_indices(s, spec, z.shape)
         assert back.dtype == np.uint8 and np.array_equal(back, z), (name, model)
-        assert 8 * len(s) <= estimate_bits(z, spec, model) + 8 * _HEAD + 64, name  # the range coder spends what the model says
+        assert 8 * len(s) <= estimate_bits(z, spec, model) + 8 * _head(s[0], cbar) + 64, name  # the range coder spends what the model says
 
 def test_med_is_jpeg_ls():
     a, b, c = np.array([5, 9, 5, 0]), np.array([9, 5, 7, 255]), np.array([9, 3, 6, 255])
     assert med(a, b, c).tolist() == [5, 9, 6, 0]
     assert channel_plan('RQ-32-8-8')[1] == (False, False, 0, 'v') and channel_plan('OPQ-32-8-8')[1] == (True, True, 0, 'r')
 
-def test_real_image_models_and_sizes():
-    codec = load_codec('OPQ-32-8-8')
+def _shipped():
+    from mbldm.codec import archive_dir
+    return ['OPQ-32-8-8', 'PQ-32-8-8', 'RQ-32-8-8', 'VQ-8-8-8', sorted(archive_dir().glob('OPQ-32-8-8-*.safetensors'))[0]]
+
+@pytest.mark.parametrize('which', _shipped(), ids=lambda w: getattr(w, 'stem', w))
+def test_real_image_models_and_sizes(which):
+    "On a photo, for every shipped codec (and the archived OPQ): each model round-trips, costs what it estimates, and `ctx` is the cheapest."
+    codec = load_codec(which)
     z = codec.encode(sample_image('coffee'))[0]
     got = {}
     for m in MODELS:
         s = encode_indices(z, codec.spec, m)
         assert np.array_equal(decode_indices(s, codec.spec, tuple(z.shape)), z.numpy())
         est = estimate_bits(z, codec.spec, m)
-        assert abs(8 * (len(s) - _HEAD) - est) <= 0.01 * est + 32, (m, len(s), est)
+        assert abs(8 * (len(s) - _head(s[0], codec.spec.cbar)) - est) <= 0.01 * est + 32, (m, len(s), est)
         got[m] = 8 * len(s) / z.numel()
-    assert got['ctx'] < got['med'] < got['order0'] < 7, got  # each model earns its place on a photo
+    assert got['ctx'] <= min(got['order0'], got['med']) + 8 / z.numel() and got['ctx'] < 7, got  # within the flag byte
+
+def test_ctx_flags_are_the_cheaper_coding_per_channel():
+    "The encoder's flags: flipping any one costs bits, the forced pure models cost more, and a forced stream still round-trips."
+    codec = load_codec('OPQ-32-8-8')
+    z = codec.encode(sample_image('coffee'))[0]
+    fl, best = ctx_flags(z, codec.spec), estimate_bits(z, codec.spec)
+    assert 0 < sum(fl) < 6, fl  # eigenvalue-allocated OPQ: the DC sub-code is predicted, the others not
+    assert abs(estimate_bits(z, codec.spec, 'ctx', fl) - best) < 1e-6 * best
+    for i in range(6):
+        other = list(fl); other[i] = 1 - other[i]
+        assert estimate_bits(z, codec.spec, 'ctx', other) > best, i
+    for f in (0, 1):
+        s = encode_indices(z, codec.spec, 'ctx', [f] * 6)
+        assert s[:2] == bytes([3, 0x3f * f]) and np.array_equal(decode_indices(s, codec.spec, tuple(z.shape)), z.numpy())
+        assert len(s) > len(encode_indices(z, codec.spec)) + 16, f
+    with pytest.raises(ValueError, match="flags are one 0 or 1 per latent channel"): encode_indices(z, codec.spec, 'ctx', [1] * 5)
+    with pytest.raises(ValueError, match="flags are one 0 or 1 per latent channel"): encode_indices(z, codec.spec, 'med', [1] * 6)
+
+def test_streams_before_the_flag_field_still_decode():
+    "Model byte 2 is the `ctx` stream of the previous format (no flag field, every channel predicted): the all-0 stream's payload."
+    z = load_codec('OPQ-32-8-8').encode(sample_image('coffee')[:, :96, :128])[0].numpy()
+    s = encode_indices(z, 'OPQ-32-8-8', 'ctx', [0] * 6)
+    assert np.array_equal(decode_indices(bytes([2]) + s[2:], 'OPQ-32-8-8', z.shape), z)
+    with pytest.raises(ValueError, match="expected 5 \\+ a multiple of 4"): decode_indices(bytes([2]) + s[1:], 'OPQ-32-8-8', z.shape)
 
 def test_container_file_size_and_identity(tmp_path):
     img = sample_image('chelsea')[:, :203, :290]  # not a multiple of 8
@@ -50,7 +80,7 @@ def test_container_file_size_and_identity(tmp_path):
     data = compress(img, 'OPQ-32-8-8+ec')
     hd = read_header(data)
     assert (hd.kind, hd.spec, list(hd.sections)) == ('ec', 'OPQ-32-8-8', ['ECOD'])
-    est = estimate_bits(codec.encode(img)[0], codec.spec) / 8 + _HEAD + header_bytes('ec', 'OPQ-32-8-8')
+    est = estimate_bits(codec.encode(img)[0], codec.spec) / 8 + _head(3, 6) + header_bytes('ec', 'OPQ-32-8-8')
     assert abs(len(data) - est) <= 0.01 * est, (len(data), est)
     assert torch.equal(decompress(data), decompress(compress(img, 'OPQ-32-8-8')))  # the fixed-rate codec's image, bit for bit
     assert len(data) < 0.8 * len(compress(img, 'OPQ-32-8-8'))
@@ -98,7 +128,9 @@ def test_damaged_streams_rejected_cleanly():
     cases = []
     for _ in range(40):
         b = bytearray(sec); k = int(r.integers(0, len(b))); b[k] ^= int(r.integers(1, 256)); cases.append(bytes(b))
-    cases += [sec[:n] for n in (0, 1, 4, 5, 9, len(sec) - 4, len(sec) - 1)] + [sec + bytes(8), bytes([7]) + sec[1:]]
+    cases += [sec[:n] for n in (0, 1, 4, 5, 6, 9, len(sec) - 4, len(sec) - 1)] + [sec + bytes(8), bytes([7]) + sec[1:]]
+    cases += [sec[:1] + bytes([sec[1] ^ (1 << k)]) + sec[2:] for k in range(8)]  # every bit of the flag field
+    cases += [bytes([b]) + sec[1:] for b in (0, 1, 2)] + [bytes([2]) + sec[2:]]  # another model byte
     for bad in cases:
         forged = pack('ec', hd.spec, hd.identity, hd.size, {'ECOD': bad})
         t0 = time.perf_counter()
