@@ -173,10 +173,11 @@ class CDC(nn.Module):
     def forward(self, x:Tensor, t:Tensor, context:list) -> Tensor: return self.unet(x, t, context)
     def settings(self) -> dict: return dict(compressor=self.compressor_settings, unet=self.unet_settings)
 
-def cdc_diffusion(param:str='x') -> GaussianDiffusion:
+def cdc_diffusion(param:str='x', # 'x' (predict x0, "chi") or 'eps'
+                  weighting:str|None=None) -> GaussianDiffusion: # None: the released one (x: 'min_snr', eps: 'const')
     "CDC's released diffusion settings: 'x' (x0-param, cosine, T=8193, min(SNR,5), L2) or 'eps' (linear T=20000, L1)."
-    if param == 'x': return GaussianDiffusion(schedule='cosine', T=8193, objective='x0', weighting='min_snr', snr_gamma=5., time_input='t/T', loss_p=2)
-    if param == 'eps': return GaussianDiffusion(schedule='linear', T=20000, objective='eps', weighting='const', time_input='t/T', loss_p=1)
+    if param == 'x': return GaussianDiffusion(schedule='cosine', T=8193, objective='x0', weighting=weighting or 'min_snr', snr_gamma=5., time_input='t/T', loss_p=2)
+    if param == 'eps': return GaussianDiffusion(schedule='linear', T=20000, objective='eps', weighting=weighting or 'const', time_input='t/T', loss_p=1)
     raise ValueError(f"param must be 'x' or 'eps', got {param!r}")
 
 def cdc_param_groups(model:CDC, lr:float=5e-5, aux_lr:float=1e-3) -> list:
@@ -288,13 +289,14 @@ def save_cdc_config(dir, model:CDC, diffusion:GaussianDiffusion, **extra) -> Pat
 
 def load_cdc(path, # a checkpoint folder or a shipped name ('tiny')
              ema:bool|None=None, # None: EMA weights unless the config declares "ema": false
+             tables:bool=True, # build the range coder's tables (False: a model to train further, whose state dict stays loadable)
             ) -> tuple:
-    "(CDC with coding tables built, in eval mode; its GaussianDiffusion; config) of a checkpoint (weights as `use_ema` decides)."
+    "(CDC in eval mode, coding tables built; its GaussianDiffusion; config) of a checkpoint (weights as `use_ema` decides)."
     p = resolve_checkpoint(path, 'cdc', 'CDC checkpoint')
     c = read_config(weights_dir(p))
     if c['kind'] != 'cdc': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a CDC")
     model, diffusion, c = load_model(p, ema=use_ema(c, ema))
-    return update_cdc_tables(model), diffusion, c
+    return (update_cdc_tables(model) if tables else model), diffusion, c
 
 class CdcCodec(BaseCodec):
     "A trained CDC as a base codec (`cdc:CKPT`): one rate (its lambda), sections ZSTR and YSTR, diffusion decoding."
