@@ -168,7 +168,7 @@ def lazy_factory(module:str, # module defining the codec, imported on first use
     return factory
 
 register_codec('hyperprior', lazy_factory('mbldm.hyperprior', 'hyperprior_codec'), 'hyperprior:tiny')
-register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), None)  # no example yet: the shipped cdc:tiny (150 CPU steps) is a plumbing model, not a reconstruction
+register_codec('cdc', lazy_factory('mbldm.cdc', 'cdc_codec'), 'cdc:tiny')
 
 # %% ../nbs/13a_basecodecs.ipynb #6961ab79
 register_codec('ec', lazy_factory('mbldm.entropy', 'ec_codec'), 'OPQ-32-8-8+ec')

@@ -4,16 +4,15 @@
 
 # %% ../nbs/32_cdc.ipynb #334645d5
 from __future__ import annotations
-import re
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['SHIPPED', 'ChanLayerNorm', 'ResBlock', 'LinearAttention', 'CdcCompressor', 'CdcUNet', 'count_cdc_params', 'CDC',
-           'cdc_diffusion', 'cdc_param_groups', 'CdcLoss', 'LambdaWarmupCB', 'default_steps', 'cdc_decode',
-           'update_cdc_tables', 'cdc_compress', 'cdc_latents', 'cdc_decompress', 'from_config', 'save_cdc_config',
-           'load_cdc', 'CdcCodec', 'cdc_codec', 'file_codec']
+__all__ = ['ChanLayerNorm', 'ResBlock', 'LinearAttention', 'CdcCompressor', 'CdcUNet', 'count_cdc_params', 'CDC', 'cdc_diffusion',
+           'cdc_param_groups', 'CdcLoss', 'LambdaWarmupCB', 'default_steps', 'cdc_decode', 'update_cdc_tables',
+           'cdc_compress', 'cdc_latents', 'cdc_decompress', 'from_config', 'save_cdc_config', 'load_cdc', 'CdcCodec',
+           'cdc_codec', 'file_codec']
 
 # %% ../nbs/32_cdc.ipynb #5ef3980b
 from .core import image_batch
@@ -21,7 +20,7 @@ from .diffusion import GaussianDiffusion, space_timesteps
 from .metrics import bpp_from_likelihoods
 from .hyperprior import pad64, FACTOR, weights_identity, _padded
 from .basecodecs import BaseCodec, _one
-from .checkpoints import make_config, save_config, weights_dir, KINDS
+from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, use_ema, load_model
 from .learner import Callback
 
 # %% ../nbs/32_cdc.ipynb #2880f8b9
@@ -174,10 +173,11 @@ class CDC(nn.Module):
     def forward(self, x:Tensor, t:Tensor, context:list) -> Tensor: return self.unet(x, t, context)
     def settings(self) -> dict: return dict(compressor=self.compressor_settings, unet=self.unet_settings)
 
-def cdc_diffusion(param:str='x') -> GaussianDiffusion:
+def cdc_diffusion(param:str='x', # 'x' (predict x0, "chi") or 'eps'
+                  weighting:str|None=None) -> GaussianDiffusion: # None: the released one (x: 'min_snr', eps: 'const')
     "CDC's released diffusion settings: 'x' (x0-param, cosine, T=8193, min(SNR,5), L2) or 'eps' (linear T=20000, L1)."
-    if param == 'x': return GaussianDiffusion(schedule='cosine', T=8193, objective='x0', weighting='min_snr', snr_gamma=5., time_input='t/T', loss_p=2)
-    if param == 'eps': return GaussianDiffusion(schedule='linear', T=20000, objective='eps', weighting='const', time_input='t/T', loss_p=1)
+    if param == 'x': return GaussianDiffusion(schedule='cosine', T=8193, objective='x0', weighting=weighting or 'min_snr', snr_gamma=5., time_input='t/T', loss_p=2)
+    if param == 'eps': return GaussianDiffusion(schedule='linear', T=20000, objective='eps', weighting=weighting or 'const', time_input='t/T', loss_p=1)
     raise ValueError(f"param must be 'x' or 'eps', got {param!r}")
 
 def cdc_param_groups(model:CDC, lr:float=5e-5, aux_lr:float=1e-3) -> list:
@@ -287,20 +287,16 @@ def save_cdc_config(dir, model:CDC, diffusion:GaussianDiffusion, **extra) -> Pat
     "Write `dir/config.json` of kind 'cdc'."
     return save_config(dir, make_config('cdc', model.settings(), diffusion.settings(), **extra))
 
-SHIPPED = Path(__file__).parent/'data'/'cdc' if '__file__' in globals() else Path('../mbldm/data/cdc')
-
-def load_cdc(path, ema:bool|None=None) -> tuple:
-    "(CDC with coding tables built, in eval mode; its GaussianDiffusion; config) of a checkpoint (EMA weights if present)."
-    from mbldm.checkpoints import load_model
-    p = Path(path)
-    if not p.exists() and re.fullmatch(r'[a-z0-9_-]+', str(path)) and (SHIPPED/str(path)).is_dir(): p = SHIPPED/str(path)
-    if not p.exists():
-        shipped = sorted(d.name for d in SHIPPED.iterdir()) if SHIPPED.is_dir() else []
-        raise FileNotFoundError(f"CDC checkpoint {path} does not exist (shipped models: {', '.join(shipped) or 'none'})")
-    if ema is None: ema = (weights_dir(p)/'ema.safetensors').is_file()
-    model, diffusion, c = load_model(p, ema=ema)
+def load_cdc(path, # a checkpoint folder or a shipped name ('tiny')
+             ema:bool|None=None, # None: EMA weights unless the config declares "ema": false
+             tables:bool=True, # build the range coder's tables (False: a model to train further, whose state dict stays loadable)
+            ) -> tuple:
+    "(CDC in eval mode, coding tables built; its GaussianDiffusion; config) of a checkpoint (weights as `use_ema` decides)."
+    p = resolve_checkpoint(path, 'cdc', 'CDC checkpoint')
+    c = read_config(weights_dir(p))
     if c['kind'] != 'cdc': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a CDC")
-    return update_cdc_tables(model), diffusion, c
+    model, diffusion, c = load_model(p, ema=use_ema(c, ema))
+    return (update_cdc_tables(model) if tables else model), diffusion, c
 
 class CdcCodec(BaseCodec):
     "A trained CDC as a base codec (`cdc:CKPT`): one rate (its lambda), sections ZSTR and YSTR, diffusion decoding."

@@ -14,8 +14,9 @@ from .core import atomic_write, write_png, default_device
 from .learner import latest_checkpoint
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'CONFIG_FORMAT', 'CODEC_FILE', 'KINDS', 'register_kind', 'kind_module', 'make_config', 'save_config',
-           'find_config', 'read_config', 'weights_dir', 'load_model', 'checkpoint_codec', 'sample_checkpoint']
+__all__ = ['CONFIG_FILE', 'CONFIG_FORMAT', 'CODEC_FILE', 'KINDS', 'SHIPPED_DIR', 'register_kind', 'kind_module', 'make_config',
+           'save_config', 'find_config', 'read_config', 'weights_dir', 'load_model', 'resolve_checkpoint', 'use_ema',
+           'checkpoint_codec', 'sample_checkpoint']
 
 # %% ../nbs/05_checkpoints.ipynb #3432412e
 CONFIG_FILE, CONFIG_FORMAT, CODEC_FILE = 'config.json', 2, 'codec.safetensors'
@@ -110,6 +111,27 @@ def load_model(path, # checkpoints folder, one step_* folder, or a folder with c
         raise ValueError(f"{w}: the weights do not fit the {c['kind']} network described in {cfg_path} ({' '.join(str(e).split())[:240]})") from None
     c['loaded'] = {'checkpoint': str(ck), 'weights': w.name, 'config': str(cfg_path)}
     return model.to(device or 'cpu').eval(), method, c
+
+# %% ../nbs/05_checkpoints.ipynb #5e14f5bd
+SHIPPED_DIR = Path(__file__).parent/'data' if '__file__' in globals() else Path('../mbldm/data')
+
+def resolve_checkpoint(path, # a checkpoint folder, or the name of a model shipped in `mbldm/data/<shipped_subdir>/`
+                       shipped_subdir:str, # the kind's folder of shipped models: 'hyperprior', 'cdc', ...
+                       what:str='checkpoint') -> Path: # how the error names it
+    "The folder `path` names: itself if it exists, else the shipped model of that name; an error listing the shipped ones."
+    p, name, d = Path(path), str(path), SHIPPED_DIR/shipped_subdir
+    if p.exists(): return p
+    if name and Path(name).name == name and not name.startswith('.') and (d/name).is_dir(): return d/name
+    shipped = sorted(x.name for x in d.iterdir() if x.is_dir()) if d.is_dir() else []
+    raise FileNotFoundError(f"{what} {path} does not exist (shipped models: {', '.join(shipped) or 'none'})")
+
+def use_ema(c:dict, # a config from `read_config`
+            ema:bool|None=None) -> bool: # the caller's choice (None: the config's declaration, else EMA)
+    "Load the EMA weights? `ema` if given, else the config's `ema` field (false: trained without EMA), else True."
+    if ema is not None: return bool(ema)
+    v = c.get('ema', True)
+    if not isinstance(v, bool): raise ValueError(f"config field 'ema' must be true or false, got {v!r}")
+    return v
 
 # %% ../nbs/05_checkpoints.ipynb #9cbcbcf8
 def checkpoint_codec(c:dict, # a config from `read_config`/`load_model`

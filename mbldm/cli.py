@@ -74,11 +74,15 @@ def _demo_figures(run, rows, shown, ncols):
 # %% ../nbs/14_cli.ipynb #25d100dd
 MAX_ENHANCE_PIXELS = 4_194_304  # 2048 x 2048: beyond this a CPU run of the 108M-parameter network takes too long
 
-def _dirac_args(p):
+_DIRAC_STEPS = 'DIRAC-N: stop after step N of 100 (default 1, max fidelity; 100 with --late-start)'
+_DECODER_STEPS = ("diffusion steps of the diffusion decoder that applies: with --enhance DIRAC's (" + _DIRAC_STEPS +
+                  "); else, for a cdc file, the CDC decoder's DDIM steps on its timestep list (default 65 for x-param models, 200 eps-param)")
+
+def _dirac_args(p, steps_help:str=_DIRAC_STEPS):
     "The DIRAC options shared by `enhance` and `decompress --enhance`."
-    p.add_argument('--steps', type=int, default=None, help='DIRAC-N: stop after step N of 100 (default 1, max fidelity; 100 with --late-start)')
+    p.add_argument('--steps', type=int, default=None, help=steps_help)
     p.add_argument('--late-start', action='store_true', help='skip the first 80 of the 100 steps (at most 20 network calls)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the sampling noise')
+    p.add_argument('--seed', type=int, default=0, help='seed of the sampling noise (DIRAC; the CDC decoder\'s start noise)')
     p.add_argument('--max-pixels', type=int, default=MAX_ENHANCE_PIXELS, help=f'refuse larger images (default {MAX_ENHANCE_PIXELS})')
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument('--codec', default='OPQ-32-8-8', help='jpeg:Q, webp:Q, a shipped model-based spec or a codec file (default OPQ-32-8-8)')
     d = sub.add_parser('decompress', help='decompress an .mbl file to a PNG')
     d.add_argument('input'); d.add_argument('-o', '--output', help='output PNG (default: INPUT with .png)')
-    d.add_argument('--codec', default=None, help='codec file (default: the codec the file names)')
+    d.add_argument('--codec', default=None, help='codec file; for a cdc file its checkpoint (default: the one the file names)')
     d.add_argument('--enhance', default=None, metavar='CKPT', help='enhance the decoded image with a DIRAC checkpoint')
-    _dirac_args(d)
+    d.add_argument('--gamma', type=float, default=None, help='cdc files only: std of the start noise of the diffusion decoder (default 0.8; 0: deterministic)')
+    _dirac_args(d, _DECODER_STEPS)
     e = sub.add_parser('enhance', help='enhance an existing JPEG file with a DIRAC checkpoint (residual diffusion)')
     e.add_argument('input', help='a JPEG file'); e.add_argument('-o', '--output', required=True, help='output PNG')
     e.add_argument('--model', required=True, help='a DIRAC checkpoint folder')
@@ -207,12 +212,38 @@ def _decompress_enhance(a, out) -> str:
     data = src.read_bytes(); hd = read_header(data, str(src))
     _check_pixels(hd.height, hd.width, a, src)
     model, method, c = _load_dirac(a.enhance)
-    x_hat = decompress(data, a.codec, name=str(src))
+    x_hat = decompress(data, _cdc_decoder(a, src, None) if hd.kind == 'cdc' else a.codec, name=str(src))
     try: rate = CODECS[hd.kind].factory(hd.spec)[1]
     except ValueError: rate = None  # a codec file that is not shipped: no rate for the thresholds (the note says so)
     y, note = enhance_decoded(model, method, c, x_hat, hd.kind, rate, a.steps, a.late_start, a.seed)
     write_png(y, out)
     return f"{out}: {y.shape[-1]}x{y.shape[-2]}, {hd.kind}:{hd.spec} enhanced, {note}"
+
+def _cdc_decoder(a, src, steps):
+    "The CDC decoder of cdc file `src` with --gamma (default 0.8), `steps` and --seed; --codec names another checkpoint."
+    from mbldm.cdc import file_codec
+    return file_codec(src, 0.8 if a.gamma is None else a.gamma, steps, a.seed, ckpt=a.codec)
+
+def _decompress(a, out) -> str:
+    "`mbldm decompress`: each diffusion option goes to the decoder it belongs to, or is refused in one line."
+    from mbldm.container import read_header, decompress_file
+    src = Path(a.input)
+    if not src.is_file(): raise FileNotFoundError(f"{src} does not exist")
+    kind = read_header(src.read_bytes(), str(src)).kind
+    if a.gamma is not None and kind != 'cdc': raise UsageError(f"--gamma applies to cdc files only ({src} is a {kind} file)")
+    if a.gamma is not None and not a.gamma >= 0: raise UsageError(f"--gamma must be >= 0, got {a.gamma}")
+    if a.steps is not None and a.steps < 1: raise UsageError(f"--steps must be >= 1, got {a.steps}")
+    if a.enhance is not None: return _decompress_enhance(a, out)
+    if a.late_start: raise UsageError("--late-start needs --enhance CKPT (it is DIRAC's option)")
+    if kind != 'cdc':
+        if a.steps is not None: raise UsageError(f"--steps needs a diffusion decoder: a cdc file, or --enhance CKPT ({src} is a {kind} file)")
+        img = decompress_file(src, out, a.codec)
+        return f"{out}: {img.shape[-1]}x{img.shape[-2]}"
+    from mbldm.cdc import default_steps
+    codec = _cdc_decoder(a, src, a.steps)
+    img = decompress_file(src, out, codec)
+    steps = a.steps or default_steps(codec.diffusion).removeprefix('linspace')
+    return f"{out}: {img.shape[-1]}x{img.shape[-2]}, cdc decoded with gamma {codec.gamma:g}, {steps} DDIM steps, seed {a.seed}"
 
 def _cmd(a) -> str:
     from mbldm.container import compress_file, decompress_file
@@ -223,11 +254,7 @@ def _cmd(a) -> str:
         data = out.read_bytes(); hd = read_header(data, str(out))  # sizes from the file just written: no second decode
         return f"{out}: {len(data)} bytes, {bpp_from_bytes(len(data), hd.height, hd.width):.4f} bpp ({hd.kind}:{hd.spec})"
     if a.cmd == 'decompress':
-        out = _output(a.output or Path(a.input).with_suffix('.png'))
-        if a.enhance is not None: return _decompress_enhance(a, out)
-        if a.steps is not None or a.late_start: raise UsageError("--steps and --late-start need --enhance CKPT")
-        img = decompress_file(a.input, out, a.codec)
-        return f"{out}: {img.shape[-1]}x{img.shape[-2]}"
+        return _decompress(a, _output(a.output or Path(a.input).with_suffix('.png')))
     if a.cmd == 'enhance': return _enhance(a)
     if a.cmd == 'demo':
         run = demo(a.out)

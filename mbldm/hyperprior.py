@@ -4,23 +4,23 @@
 
 # %% ../nbs/31_hyperprior.ipynb #d4085d33
 from __future__ import annotations
-import hashlib, re, warnings
+import hashlib, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['LAMBDAS', 'FACTOR', 'SHIPPED', 'quality_channels', 'pad64', 'Hyperprior', 'hyperprior_params', 'hp_forward',
-           'main_parameters', 'aux_parameters', 'param_groups', 'MainGradClipCB', 'hyperprior_loss', 'update_tables',
-           'hp_compress', 'hp_decompress', 'from_config', 'save_hyperprior_config', 'load_hyperprior',
-           'weights_identity', 'HyperpriorCodec', 'hyperprior_codec']
+__all__ = ['LAMBDAS', 'FACTOR', 'quality_channels', 'pad64', 'Hyperprior', 'hyperprior_params', 'hp_forward', 'main_parameters',
+           'aux_parameters', 'param_groups', 'MainGradClipCB', 'hyperprior_loss', 'update_tables', 'hp_compress',
+           'hp_decompress', 'from_config', 'save_hyperprior_config', 'load_hyperprior', 'weights_identity',
+           'HyperpriorCodec', 'hyperprior_codec']
 
 # %% ../nbs/31_hyperprior.ipynb #18e34f34
 from .core import image_batch
 from .metrics import bpp_from_likelihoods
 from .learner import Callback
 from .basecodecs import BaseCodec, register_codec, _one
-from .checkpoints import make_config, save_config, read_config, weights_dir, KINDS
+from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, use_ema, load_model
 
 # %% ../nbs/31_hyperprior.ipynb #40a80fae
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}  # CompressAI's ladder
@@ -144,20 +144,14 @@ def save_hyperprior_config(dir, model:Hyperprior, **extra) -> Path:
     "Write `dir/config.json` of kind 'hyperprior' for `model`."
     return save_config(dir, make_config('hyperprior', model.settings(), {}, **extra))
 
-SHIPPED = Path(__file__).parent/'data'/'hyperprior' if '__file__' in globals() else Path('../mbldm/data/hyperprior')
-
-def load_hyperprior(path, ema:bool|None=None) -> Hyperprior:
-    "The trained `Hyperprior` of a checkpoint (EMA weights if present unless `ema=False`), tables built, eval mode."
-    from mbldm.checkpoints import load_model
-    p = Path(path)
-    if not p.exists() and re.fullmatch(r'[a-z0-9_-]+', str(path)) and (SHIPPED/str(path)).is_dir(): p = SHIPPED/str(path)
-    if not p.exists():
-        shipped = sorted(d.name for d in SHIPPED.iterdir()) if SHIPPED.is_dir() else []
-        raise FileNotFoundError(f"hyperprior checkpoint {path} does not exist (shipped models: {', '.join(shipped) or 'none'})")
-    if ema is None: ema = (weights_dir(p)/'ema.safetensors').is_file()
-    model, _, c = load_model(p, ema=ema)
+def load_hyperprior(path, # a checkpoint folder or a shipped name ('tiny')
+                    ema:bool|None=None, # None: EMA weights unless the config declares "ema": false
+                   ) -> Hyperprior:
+    "The trained `Hyperprior` of a checkpoint (weights as `checkpoints.use_ema` decides), tables built, eval mode."
+    p = resolve_checkpoint(path, 'hyperprior', 'hyperprior checkpoint')
+    c = read_config(weights_dir(p))
     if c['kind'] != 'hyperprior': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a hyperprior")
-    return update_tables(model)
+    return update_tables(load_model(p, ema=use_ema(c, ema))[0])
 
 def weights_identity(model:nn.Module) -> bytes:
     "16 bytes identifying the network weights (SHA-256 of the parameters, in name order)."

@@ -19,7 +19,7 @@ def _kind(monkeypatch): monkeypatch.setitem(KINDS, 'cdc', 'mbldm.cdc')
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0); m = CDC(**SMALL)
-    d = tmp_path/'cdc'; save_cdc_config(d, m, cdc_diffusion('x'), lmbda=0.0032); save_tensors(d/'model.safetensors', m.state_dict())
+    d = tmp_path/'cdc'; save_cdc_config(d, m, cdc_diffusion('x'), lmbda=0.0032, ema=False); save_tensors(d/'model.safetensors', m.state_dict())
     return d
 
 def test_paper_sizes_without_allocating():

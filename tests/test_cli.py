@@ -203,7 +203,6 @@ def test_enhance_errors_are_one_line(tmp_path, jpg, png, capsys):
         (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--steps", "101"], "1..100"),
         (["enhance", str(jpg), "-o", str(tmp_path/"y.png"), "--model", str(ck), "--quality", "0"], "--quality"),
         (["enhance", str(tmp_path/"missing.jpg"), "-o", str(tmp_path/"y.png"), "--model", str(ck)], "missing.jpg"),
-        (["decompress", str(tmp_path/"a.mbl"), "-o", str(tmp_path/"y.png"), "--steps", "3"], "need --enhance"),
     ]
     for args, msg in cases:
         assert main(args) == 2, args
@@ -221,3 +220,30 @@ def test_decompress_enhance_any_base_codec(tmp_path, png, codec_file, capsys, sp
     assert "enhanced, DIRAC-2" in out, out
     b, c = read_image(tmp_path/"b.png"), read_image(tmp_path/"c.png")
     assert b.shape == c.shape == (3, 16, 16) and not b.equal(c)
+
+def test_decompress_cdc_gamma_steps_seed(tmp_path, png, capsys):
+    assert main(["compress", str(png), "-o", str(tmp_path/"c.mbl"), "--codec", "cdc:tiny"]) == 0
+    run = lambda out, *opts: main(["decompress", str(tmp_path/"c.mbl"), "-o", str(tmp_path/out), *opts])
+    assert run("a.png", "--gamma", "0", "--steps", "3") == 0
+    assert "cdc decoded with gamma 0, 3 DDIM steps, seed 0" in capsys.readouterr().out
+    assert run("b.png", "--gamma", "0", "--steps", "3", "--seed", "5") == 0       # gamma 0: no noise, the seed does not matter
+    assert run("c.png", "--gamma", "1", "--steps", "3") == 0
+    assert run("d.png", "--gamma", "1", "--steps", "3", "--seed", "5") == 0
+    a, b, c, d = (read_image(tmp_path/f) for f in ("a.png", "b.png", "c.png", "d.png"))
+    assert a.shape == (3, 16, 16) and a.equal(b) and not a.equal(c) and not c.equal(d)
+
+def test_decompress_options_that_do_not_apply_are_refused(tmp_path, png, capsys):
+    assert main(["compress", str(png), "-o", str(tmp_path/"j.mbl"), "--codec", "jpeg:30"]) == 0
+    assert main(["compress", str(png), "-o", str(tmp_path/"c.mbl"), "--codec", "cdc:tiny"]) == 0
+    j, c = str(tmp_path/"j.mbl"), str(tmp_path/"c.mbl")
+    for args, msg in [([j, "--gamma", "0.5"], "--gamma applies to cdc files only"),
+                      ([j, "--gamma", "0.5", "--enhance", "ck"], "--gamma applies to cdc files only"),
+                      ([j, "--steps", "3"], "--steps needs a diffusion decoder"),
+                      ([j, "--late-start"], "--late-start needs --enhance"),
+                      ([c, "--late-start"], "--late-start needs --enhance"),
+                      ([c, "--gamma", "-1"], "--gamma must be >= 0"),
+                      ([c, "--steps", "0"], "--steps must be >= 1"),
+                      ([c, "--steps", "9000"], "cannot take 9000 steps")]:
+        assert main(["decompress", *args, "-o", str(tmp_path/"y.png")]) == 2, args
+        one_line(capsys, msg)
+    assert not (tmp_path/"y.png").exists()

@@ -17,7 +17,7 @@ def _model(N=16, M=24, seed=0):
 @pytest.fixture
 def ckpt(tmp_path):
     m = Hyperprior(16, 24, lmbda=0.013); torch.manual_seed(0)
-    d = tmp_path/'hp'; save_hyperprior_config(d, m); save_tensors(d/'model.safetensors', m.state_dict())
+    d = tmp_path/'hp'; save_hyperprior_config(d, m, ema=False); save_tensors(d/'model.safetensors', m.state_dict())
     return d
 
 def test_gaussian_conditional_roundtrip_exact_with_outliers():
@@ -120,3 +120,14 @@ def test_bad_specs(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'): base_codec(f'hyperprior:{tmp_path}/nothing')
     with pytest.raises(ValueError, match='quality'):
         from mbldm.hyperprior import quality_channels; quality_channels(9)
+
+def test_which_weights_is_explicit(ckpt):
+    import json
+    from mbldm.hyperprior import load_hyperprior
+    raw = weights_identity(load_hyperprior(ckpt))                                   # config: "ema": false
+    c = json.loads((ckpt/'config.json').read_text()); del c['ema']; (ckpt/'config.json').write_text(json.dumps(c))
+    with pytest.raises(FileNotFoundError, match='ema=False'): load_hyperprior(ckpt)  # no declaration, no EMA file: error
+    assert weights_identity(load_hyperprior(ckpt, ema=False)) == raw
+    m = Hyperprior(16, 24, lmbda=0.013); save_tensors(ckpt/'ema.safetensors', m.state_dict())
+    assert weights_identity(load_hyperprior(ckpt)) == weights_identity(m) != raw     # EMA by default when present
+    with pytest.raises(FileNotFoundError, match='shipped models: tiny'): load_hyperprior('no-such-model')
