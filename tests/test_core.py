@@ -232,3 +232,17 @@ def test_show_images_grid():
     fig2 = show_images([torch.rand(8, 8), torch.rand(1, 8, 8)])
     assert len(fig2.axes) == 2
     plt.close('all')
+
+def test_every_figure_is_written_through_save_figure():
+    "Experiments and the library write figures only through `core.save_figure` (atomic), never a bare savefig."
+    import json, re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    bare = []
+    for f in sorted((root/'mbldm'/'experiments').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(f.read_text())['cells']):
+            if c['cell_type'] == 'code' and re.search(r'\.savefig\(', ''.join(c['source'])): bare.append(f"{f.name} cell {i}")
+    for f in sorted((root/'mbldm').glob('*.py')):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if re.search(r'\.savefig\(', line) and not (f.name == 'core.py' and 'buf' in line): bare.append(f"{f.name}:{n}")
+    assert not bare, f"bare savefig (use mbldm.core.save_figure): {bare}"
