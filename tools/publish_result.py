@@ -84,8 +84,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from mbldm.core import atomic_write
-    from mbldm.experiments import run_experiment, experiment_path, new_run_dir, ExperimentError
-    try: nb_path = experiment_path(a.experiment)
+    from mbldm.experiments import run_experiment, experiment_path, new_run_dir, parse_overrides, ExperimentError
+    try: nb_path = experiment_path(a.experiment); parse_overrides(a.overrides)
     except (ValueError, FileNotFoundError) as e: print(f"publish_result: {e}", file=sys.stderr); return 2
     dirty = bool(git('status', '--porcelain', '--untracked-files=no'))
     if dirty and not a.allow_dirty:
@@ -99,6 +99,7 @@ def main(argv=None):
     t0 = time.time()
     try: run_experiment(nb_path.stem, a.config, a.overrides, run_dir=run_dir)
     except ExperimentError as e: print(f"publish_result: {e}", file=sys.stderr); return 1
+    except (ValueError, FileNotFoundError) as e: print(f"publish_result: {e}", file=sys.stderr); return 2  # bad config or key=value
     wall = time.time() - t0
     cmd = ' '.join(['python tools/publish_result.py', a.experiment] + (['--config', a.config] if a.config else []) + a.overrides)
     prov = dict(experiment=nb_path.stem, command=cmd, commit=commit, dirty=dirty, machine=mach,
