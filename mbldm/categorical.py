@@ -11,7 +11,7 @@ from torch import Tensor
 from fastcore.basics import patch
 
 from .diffusion import (GaussianDiffusion, q_sample, eps_from_x0, loss_weight, weighted_loss, self_cond_input,
-                             _time_fn, _check_model, _unwrap)
+                             unwrap_model)
 from .latents import codes_to_unit, unit_to_codes
 from .quantizers import K
 from .codec import Codec, load_codec
@@ -93,7 +93,7 @@ class CategoricalDiffusion(GaussianDiffusion):
 @patch
 def logits(self:CategoricalDiffusion, model, zt:Tensor, t:Tensor, x_self_cond:Tensor|None=None, **cond) -> Tensor:
     "Logits (B, Cbar, K, h, w) of `model` at (z_t, t)."
-    tf = _time_fn(self)
+    tf = self.time_fn()
     kw = dict(cond, x_self_cond=torch.zeros_like(zt) if x_self_cond is None else x_self_cond) if self.self_condition else cond
     out = model(zt, t if tf is None else tf(t), **kw)
     if out.shape[1] != zt.shape[1]*self.K:
@@ -120,7 +120,7 @@ def loss(self:CategoricalDiffusion, model, # the logit U-Net (or its DDP wrapper
     "Alg. 1 / Eq. 25: {'loss', 'img', 'eps' (weighted), 'eps_mse' (unweighted), 'x0_hat' (soft z~0, with gradients), 't'}."
     name = type(self).__name__
     if not torch.is_tensor(x0) or x0.ndim != 4: raise ValueError(f"{name}.loss: expected latents (B, Cbar, h, w), got {getattr(x0, 'shape', type(x0).__name__)}")
-    _check_model(self, model)
+    self.check_model(model)
     codes = unit_to_codes(x0, self.K)
     t = torch.randint(0, self.T, (len(x0),), device=x0.device) if t is None else t
     eps = torch.randn_like(x0) if eps is None else eps
@@ -155,7 +155,7 @@ class CategoricalPredictor:
 def denoiser(self:CategoricalDiffusion, model, temperature:float=1., draws=None, # generator of the index draws
              **cond) -> CategoricalPredictor:
     "The samplers' `denoise` for `model`: returns {'x0': drawn indices (normalised), 'x0_self_cond': E[z0], 'logits', 'codes'}."
-    _check_model(self, model)
+    self.check_model(model)
     return CategoricalPredictor(self, model, temperature, draws, **cond)
 
 # %% ../nbs/26_categorical.ipynb #0c7020e4
@@ -217,8 +217,8 @@ class LossTermsCB(Callback):
 def trajectory(cd:CategoricalDiffusion, model, shape:tuple, # latent shape (Cbar, h, w)
                n:int=1, n_frames:int=11, steps=None, sampler:str='ddpm', temperature:float=1., generator=None, **kw) -> tuple:
     "Sample while keeping `n_frames` dicts (t, z_t, drawn x0, logits) spread over the kept steps; returns (frames, codes)."
-    from mbldm.diffusion import _plan
-    ts = _plan(cd.sched, steps, None, None)[0]
+    from mbldm.diffusion import sampling_plan
+    ts = sampling_plan(cd.sched, steps, None, None)[0]
     marks = {ts[round(i*(len(ts) - 1)/max(n_frames - 1, 1))] for i in range(n_frames)}
     frames = []
     def keep(d):

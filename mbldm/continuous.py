@@ -45,8 +45,8 @@ def trajectory(ld:LatentDiffusion, model, shape:tuple, # latent shape (C, h, w)
                n:int=1, n_frames:int=11, # samples, and states kept from t = T-1 down to 0
                steps=None, sampler:str='ddpm', generator=None, **kw) -> list:
     "Sample while keeping `n_frames` (t, z_t, z0_hat) triples spread evenly over the kept timesteps."
-    from mbldm.diffusion import _plan
-    ts = _plan(ld.sched, steps, None, None)[0]
+    from mbldm.diffusion import sampling_plan
+    ts = sampling_plan(ld.sched, steps, None, None)[0]
     marks = {ts[round(i*(len(ts) - 1)/max(n_frames - 1, 1))] for i in range(n_frames)}
     frames = []
     def keep(d):

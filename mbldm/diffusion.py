@@ -6,8 +6,8 @@
 __all__ = ['SCHEDULES', 'OBJECTIVES', 'WEIGHTINGS', 'TIME_INPUTS', 'SAMPLERS', 'linear_betas', 'cosine_betas', 'sigmoid_betas',
            'Schedule', 'make_schedule', 'q_sample', 'x0_from_eps', 'eps_from_x0', 'v_from', 'x0_from_v', 'eps_from_v',
            'to_x0', 'loss_weight', 'weighted_loss', 'Predictor', 'self_cond_cat', 'self_cond_input', 'space_timesteps',
-           'respace', 'start_noise', 'late_start', 'ddim_sigma', 'ddim_step', 'sample_ddim', 'oracle', 'ddpm_step',
-           'sample_ddpm', 'gmm_denoiser', 'GaussianDiffusion']
+           'respace', 'start_noise', 'late_start', 'ddim_sigma', 'ddim_step', 'sampling_plan', 'sample_ddim', 'oracle',
+           'ddpm_step', 'sample_ddpm', 'gmm_denoiser', 'GaussianDiffusion', 'unwrap_model']
 
 # %% ../nbs/20_diffusion.ipynb #82a2947d
 import math
@@ -253,7 +253,7 @@ def _clip(x, clip):
     if bool((lo > hi).any()): raise ValueError(f"clip range must have lo <= hi, got {clip}")
     return torch.clamp(x, lo, hi)
 
-def _plan(sched, timesteps, t_start, stop_after):
+def sampling_plan(sched, timesteps, t_start=None, stop_after=None):
     "Descending kept steps, first executed position (late start) and number of positions run (early stop)."
     if timesteps is None: timesteps = torch.arange(sched.T)
     elif isinstance(timesteps, (str, int)): timesteps = space_timesteps(sched.T, timesteps)
@@ -277,7 +277,7 @@ def _denoised(out, clip) -> tuple:
 
 def _sample(update, denoise, x, sched, timesteps, clip, t_start, stop_after, callback, generator, noisy):
     "Shared loop: predict, clip, report, stop or update (`update(x, x0_hat, a, a_prev, noise)`)."
-    ts, i0, n = _plan(sched, timesteps, t_start, stop_after)
+    ts, i0, n = sampling_plan(sched, timesteps, t_start, stop_after)
     x0_prev = None
     for i in range(i0, n):
         t = torch.full((x.shape[0],), ts[i], device=x.device, dtype=torch.long)
@@ -374,21 +374,24 @@ class GaussianDiffusion:
         return cls(**s)
 
 # %% ../nbs/20_diffusion.ipynb #f86d88cd
-def _unwrap(model): return getattr(model, 'module', model)  # DistributedDataParallel -> the network
+def unwrap_model(model): return getattr(model, 'module', model)  # DistributedDataParallel -> the network
 
-def _time_fn(d:GaussianDiffusion):
-    return None if d.time_input == 't' else (lambda t: t.float()/d.T)
+def _time_fn(self:GaussianDiffusion):
+    "How the network sees the timestep: None (the integer t) or t/T as a float (`time_input='t/T'`, CDC)."
+    return None if self.time_input == 't' else (lambda t: t.float()/self.T)
 
-def _check_model(d:GaussianDiffusion, model):
+def _check_model(self:GaussianDiffusion, model):
     "Raise if the network's self-conditioning (when it declares one in `cfg`) does not match the settings."
-    sc = getattr(getattr(_unwrap(model), 'cfg', None), 'self_condition', None)
-    if sc is not None and sc != d.self_condition:
-        raise ValueError(f"{type(d).__name__}(self_condition={d.self_condition}) needs a network with self_condition={d.self_condition}, got {sc}")
+    sc = getattr(getattr(unwrap_model(model), 'cfg', None), 'self_condition', None)
+    if sc is not None and sc != self.self_condition:
+        raise ValueError(f"{type(self).__name__}(self_condition={self.self_condition}) needs a network with self_condition={self.self_condition}, got {sc}")
+
+GaussianDiffusion.time_fn, GaussianDiffusion.check_model = _time_fn, _check_model
 
 def _denoiser(self:GaussianDiffusion, model, **cond) -> Predictor:
     "The samplers' `denoise(x, t, x0_prev)` for `model` with conditioning `cond` (override for other sampling rules)."
-    _check_model(self, model)
-    return Predictor(model, self.sched, self.objective, self_cond=self.self_condition, time_fn=_time_fn(self), **cond)
+    self.check_model(model)
+    return Predictor(model, self.sched, self.objective, self_cond=self.self_condition, time_fn=self.time_fn(), **cond)
 
 def _target(self:GaussianDiffusion, x0:Tensor, t:Tensor, eps:Tensor) -> Tensor:
     "The regression target of the objective: eps, x0 or v."
@@ -411,7 +414,7 @@ def _loss(self:GaussianDiffusion, model, # the network (or its DDP wrapper)
           **cond) -> dict: # conditioning passed to the network
     "{'loss': weighted, 'mse': unweighted error (detached), 'x0_hat': the network's x0 estimate (with gradients), 't'}."
     if not torch.is_tensor(x0) or x0.ndim < 2: raise ValueError(f"{type(self).__name__}.loss: expected a batch (B, ...), got {getattr(x0, 'shape', type(x0).__name__)}")
-    _check_model(self, model)
+    self.check_model(model)
     t = torch.randint(0, self.T, (len(x0),), device=x0.device) if t is None else t
     eps = torch.randn_like(x0) if eps is None else eps
     xt = q_sample(self.sched, x0, t, eps)
@@ -419,7 +422,7 @@ def _loss(self:GaussianDiffusion, model, # the network (or its DDP wrapper)
     if self.self_condition:
         den, c = self.denoiser(model, **cond), self._clip_range('auto')
         kw['x_self_cond'] = self_cond_input(lambda x, t, p: _clip(den(x, t, p), c), xt, t, self.self_cond_p)
-    tf = _time_fn(self)
+    tf = self.time_fn()
     out = model(xt, t if tf is None else tf(t), **kw)
     w = loss_weight(self.sched, t, self.objective, self.weighting, self.snr_gamma)
     target = self.target(x0, t, eps)
@@ -453,7 +456,7 @@ def _gd_sample(self:GaussianDiffusion, model, n:int, # number of samples
     "Generate `n` samples with the DDPM or DDIM sampler; returns the final (or step-`stop_after`) x0 estimate."
     if sampler not in SAMPLERS: raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if start_scale < 0: raise ValueError(f"start_scale must be >= 0, got {start_scale}")
-    device = device or next(_unwrap(model).parameters()).device
+    device = device or next(unwrap_model(model).parameters()).device
     gdev = generator.device if generator is not None else device
     x = start_noise((n, *shape), start_scale, generator=generator, device=gdev).to(device)
     kw = dict(timesteps=steps, clip=self._clip_range(clip), t_start=t_start, stop_after=stop_after, callback=callback, generator=generator)
