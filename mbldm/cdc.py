@@ -4,6 +4,7 @@
 
 # %% ../nbs/32_cdc.ipynb #334645d5
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
@@ -82,7 +83,9 @@ class CdcCompressor(nn.Module):
         self.synthesis = nn.ModuleList([nn.Sequential(ResBlock(a, b), nn.ConvTranspose2d(b, b, 4, 2, 1)) for a, b in zip(rd, rd[1:])])
         self.context_channels = rd[1:][::-1]                              # fine to coarse
         if entropy_models:
-            from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+            with warnings.catch_warnings():   # CompressAI's import warns about torch.jit.script (not ours to fix)
+                warnings.simplefilter('ignore', FutureWarning)
+                from compressai.entropy_models import EntropyBottleneck, GaussianConditional
             self.prior, self.gaussian = EntropyBottleneck(self.Nz), GaussianConditional(None, scale_bound=0.1)
 
     def analyse(self, x:Tensor) -> Tensor:

@@ -247,3 +247,13 @@ def test_decompress_options_that_do_not_apply_are_refused(tmp_path, png, capsys)
         assert main(["decompress", *args, "-o", str(tmp_path/"y.png")]) == 2, args
         one_line(capsys, msg)
     assert not (tmp_path/"y.png").exists()
+
+def test_learned_codecs_print_no_library_warnings(tmp_path, png):
+    "A fresh process compressing and decompressing with cdc:tiny prints its result lines and nothing else on stderr."
+    import subprocess, sys
+    code = ("import sys; from mbldm.cli import main; "
+            f"sys.exit(main(['compress', {str(png)!r}, '-o', {str(tmp_path/'c.mbl')!r}, '--codec', 'cdc:tiny']) or "
+            f"main(['decompress', {str(tmp_path/'c.mbl')!r}, '-o', {str(tmp_path/'c.png')!r}, '--steps', '2']))")
+    r = subprocess.run([sys.executable, '-W', 'default', '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'Warning' not in r.stderr, r.stderr
