@@ -21,7 +21,7 @@ from .diffusion import GaussianDiffusion, space_timesteps
 from .metrics import bpp_from_likelihoods
 from .hyperprior import pad64, FACTOR, weights_identity, _padded
 from .basecodecs import BaseCodec, _one
-from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, use_ema, load_model
+from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, load_model
 from .learner import Callback
 
 # %% ../nbs/32_cdc.ipynb #2880f8b9
@@ -298,7 +298,7 @@ def load_cdc(path, # a checkpoint folder or a shipped name ('tiny')
     p = resolve_checkpoint(path, 'cdc', 'CDC checkpoint')
     c = read_config(weights_dir(p))
     if c['kind'] != 'cdc': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a CDC")
-    model, diffusion, c = load_model(p, ema=use_ema(c, ema))
+    model, diffusion, c = load_model(p, ema=ema)
     return (update_cdc_tables(model) if tables else model), diffusion, c
 
 class CdcCodec(BaseCodec):

@@ -15,7 +15,7 @@ from .learner import latest_checkpoint
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'CONFIG_FORMAT', 'CODEC_FILE', 'KINDS', 'SHIPPED_DIR', 'register_kind', 'kind_module', 'make_config',
-           'save_config', 'find_config', 'read_config', 'weights_dir', 'load_model', 'resolve_checkpoint', 'use_ema',
+           'save_config', 'find_config', 'read_config', 'weights_dir', 'use_ema', 'load_model', 'resolve_checkpoint',
            'checkpoint_codec', 'sample_checkpoint']
 
 # %% ../nbs/05_checkpoints.ipynb #3432412e
@@ -91,13 +91,22 @@ def weights_dir(path) -> Path:
     if not p.exists(): raise FileNotFoundError(f"{p} does not exist")
     return p if (p/'model.safetensors').is_file() else latest_checkpoint(p)
 
+def use_ema(c:dict, # a config from `read_config`
+            ema:bool|None=None) -> bool: # the caller's choice (None: the config's declaration, else EMA)
+    "Load the EMA weights? `ema` if given, else the config's `ema` field (false: trained without EMA), else True."
+    if ema is not None: return bool(ema)
+    v = c.get('ema', True)
+    if not isinstance(v, bool): raise ValueError(f"config field 'ema' must be true or false, got {v!r}")
+    return v
+
 def load_model(path, # checkpoints folder, one step_* folder, or a folder with config.json + weights
                device=None, # default: the CPU
-               ema:bool=True, # load ema.safetensors (an error when the checkpoint has none)
+               ema:bool|None=None, # True: ema.safetensors (an error when missing); False: raw weights; None: as `use_ema` decides
               ) -> tuple: # (model in eval mode, method object, config)
     "Rebuild any registered kind of model from its checkpoint."
     ck = weights_dir(path)
     c, cfg_path = read_config(ck), find_config(ck)
+    ema = use_ema(c, ema)
     try: model, method = kind_module(c['kind']).from_config(c)
     except (TypeError, KeyError, ValueError) as e: raise ValueError(f"{cfg_path}: bad {c['kind']} settings ({e})") from None
     w = ck/('ema.safetensors' if ema else 'model.safetensors')
@@ -125,13 +134,6 @@ def resolve_checkpoint(path, # a checkpoint folder, or the name of a model shipp
     shipped = sorted(x.name for x in d.iterdir() if x.is_dir()) if d.is_dir() else []
     raise FileNotFoundError(f"{what} {path} does not exist (shipped models: {', '.join(shipped) or 'none'})")
 
-def use_ema(c:dict, # a config from `read_config`
-            ema:bool|None=None) -> bool: # the caller's choice (None: the config's declaration, else EMA)
-    "Load the EMA weights? `ema` if given, else the config's `ema` field (false: trained without EMA), else True."
-    if ema is not None: return bool(ema)
-    v = c.get('ema', True)
-    if not isinstance(v, bool): raise ValueError(f"config field 'ema' must be true or false, got {v!r}")
-    return v
 
 # %% ../nbs/05_checkpoints.ipynb #9cbcbcf8
 def checkpoint_codec(c:dict, # a config from `read_config`/`load_model`

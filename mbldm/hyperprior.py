@@ -20,7 +20,7 @@ from .core import image_batch
 from .metrics import bpp_from_likelihoods
 from .learner import Callback
 from .basecodecs import BaseCodec, register_codec, _one
-from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, use_ema, load_model
+from .checkpoints import make_config, save_config, read_config, weights_dir, resolve_checkpoint, load_model
 
 # %% ../nbs/31_hyperprior.ipynb #40a80fae
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}  # CompressAI's ladder
@@ -151,7 +151,7 @@ def load_hyperprior(path, # a checkpoint folder or a shipped name ('tiny')
     p = resolve_checkpoint(path, 'hyperprior', 'hyperprior checkpoint')
     c = read_config(weights_dir(p))
     if c['kind'] != 'hyperprior': raise ValueError(f"{path}: a {c['kind']} checkpoint, not a hyperprior")
-    return update_tables(load_model(p, ema=use_ema(c, ema))[0])
+    return update_tables(load_model(p, ema=ema)[0])
 
 def weights_identity(model:nn.Module) -> bytes:
     "16 bytes identifying the network weights (SHA-256 of the parameters, in name order)."
