@@ -17,8 +17,9 @@ from fastcore.basics import patch
 from .basecodecs import BaseCodec, ModelCodec, _one
 
 # %% auto #0
-__all__ = ['MODELS', 'INC', 'LIMIT', 'ACTIVITY', 'PARENT_RES', 'PARENT_VAL', 'LEFT_VAL', 'MIN_BITS', 'med', 'channel_plan',
-           'ctx_flags', 'encode_indices', 'estimate_bits', 'decode_indices', 'EntropyCodec', 'ec_codec']
+__all__ = ['MODELS', 'LEARNED', 'INC', 'LIMIT', 'ACTIVITY', 'PARENT_RES', 'PARENT_VAL', 'LEFT_VAL', 'MIN_BITS', 'ID_BYTES', 'med',
+           'channel_plan', 'ctx_flags', 'encode_indices', 'channel_bits', 'estimate_bits', 'decode_indices',
+           'EntropyCodec', 'ec_codec']
 
 # %% ../nbs/13b_entropy.ipynb #cda8fad3
 def _diagonals(h:int, w:int) -> list:
@@ -39,7 +40,8 @@ def med(a, b, c):
     return np.where(c >= hi, lo, np.where(c <= lo, hi, a + b - c))
 
 # %% ../nbs/13b_entropy.ipynb #c7637ce1
-MODELS = ('order0', 'med', 'ctx')  # the entropy models; a stream's model byte is 0, 1 or 3 (2: 'ctx' before its flag field)
+MODELS = ('order0', 'med', 'ctx')  # the adaptive-table models; a stream's model byte is 0, 1 or 3 (2: 'ctx' before its flag field)
+LEARNED = 'learned'  # the learned context model of notebook 13c (`mbldm.context_model`), model byte 4
 INC, LIMIT = 16, 1 << 13  # count added per coded symbol; a table whose total passes LIMIT is halved
 ACTIVITY = (1, 3, 8, 20)  # 'ctx': thresholds on |a - c| + |b - c| (5 buckets)
 PARENT_RES = (0, 2, 6, 16)  # 'ctx', PQ/OPQ sub-codes: thresholds on the previous sub-code's wrapped MED residual
@@ -51,7 +53,7 @@ def channel_plan(spec:str|CodecSpec, # codec spec, e.g. 'OPQ-32-8-8'
                  flags=None, # 'ctx' only: per latent channel 0 (predict) or 1 (code the value); None: all 0
                 ) -> list: # per latent channel: (MED?, activity context?, parent channel or -1, context mode '', 'r', 'v' or 'n')
     "How `model` codes each latent channel of `spec`."
-    if model not in MODELS: raise ValueError(f"entropy model {model!r} is not one of {', '.join(MODELS)}")
+    if model not in MODELS: raise ValueError(f"entropy model {model!r} is not one of {', '.join(MODELS)}" + (" (the learned model has no tables)" if model == LEARNED else ''))
     spec, plan = parse_spec(spec), []
     fl = [0] * spec.cbar if flags is None else [int(f) for f in flags]
     if len(fl) != spec.cbar or not set(fl) <= {0, 1} or (model != 'ctx' and any(fl)):
@@ -113,12 +115,19 @@ def _run(shape:tuple, plan:list, step) -> np.ndarray:
 # %% ../nbs/13b_entropy.ipynb #9ba58c48
 MIN_BITS = 0.005  # bits per code below which no stream can go (measured minimum about 0.07): longer claims are corrupt
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities per symbol, rescaled exactly by constriction
-_BYTE = {'order0': 0, 'med': 1, 'ctx': 3}  # model -> the stream's first byte
-_READS = {0: 'order0', 1: 'med', 2: 'ctx', 3: 'ctx'}  # first byte -> model; 2: 'ctx' without a flag field (all channels predicted)
+_BYTE = {'order0': 0, 'med': 1, 'ctx': 3, LEARNED: 4}  # model -> the stream's first byte
+_READS = {0: 'order0', 1: 'med', 2: 'ctx', 3: 'ctx', 4: LEARNED}  # first byte -> model; 2: 'ctx' without a flag field (all channels predicted)
+ID_BYTES = 8  # 'learned': the stream names its context model by the first 8 bytes of the model's SHA-256
 
 def _head(byte:int, cbar:int) -> int:
-    "Bytes before the range coder's words: model byte, the 'ctx' flag field (one bit per latent channel), CRC-32."
-    return 1 + (cbar + 7) // 8 * (byte == 3) + 4
+    "Bytes before the range coder's words: model byte, the 'ctx' flag field (one bit per latent channel) or the 'learned' model's id, CRC-32."
+    return 1 + (cbar + 7) // 8 * (byte == 3) + ID_BYTES * (byte == 4) + 4
+
+def _learned(cmodel, spec:CodecSpec):
+    "`cmodel` checked as a context model (`mbldm.context_model.ContextModel`) of `spec`."
+    if cmodel is None: raise ValueError("entropy model 'learned' needs its context model: cmodel=mbldm.context_model.shipped_context_model(codec) or a loaded model file")
+    if str(cmodel.spec) != str(spec): raise ValueError(f"context model {cmodel!r} is for {cmodel.spec}, not {spec}")
+    return cmodel
 
 def _check_map(codes, spec) -> np.ndarray:
     "`codes` as an int64 (Cbar, h, w) map of `spec`; clear errors for a wrong shape, dtype or range."
@@ -153,53 +162,71 @@ def ctx_flags(codes, # (Cbar, h, w) integer index map
 
 def encode_indices(codes, # (Cbar, h, w) integer index map, codes in 0..255
                    spec:str|CodecSpec, # the codec spec the map is of
-                   model:str='ctx', # 'order0', 'med' or 'ctx'
+                   model:str='ctx', # 'order0', 'med', 'ctx' or 'learned'
                    flags=None, # 'ctx': per channel 0 or 1 (see `channel_plan`); None: `ctx_flags`, the cheaper per channel
+                   cmodel=None, # 'learned': the `ContextModel` of the map's codec (notebook 13c)
                   ) -> bytes:
-    "The entropy-coded stream of one index map: model byte, flag field ('ctx'), CRC-32 of the map, range-coded words."
+    "The entropy-coded stream of one index map: model byte, flag field ('ctx') or model id ('learned'), CRC-32 of the map, range-coded words."
     codes, spec, enc = _check_map(codes, spec), parse_spec(spec), constriction.stream.queue.RangeEncoder()
-    if model == 'ctx' and flags is None: flags = ctx_flags(codes, spec)
-    plan, flat = channel_plan(spec, model, flags), codes.reshape(len(codes), -1)
-    def step(ch, pos, pred, probs):
-        r = ((flat[ch, pos] - pred) % K).astype(np.int32)
-        enc.encode(r, _FAMILY, probs()); return r
-    _run(codes.shape, plan, step)
-    field = np.packbits(np.array(flags, np.uint8), bitorder='little').tobytes() if model == 'ctx' else b''
+    if model == LEARNED:
+        if flags is not None: raise ValueError("entropy model 'learned' takes no flags")
+        cm = _learned(cmodel, spec); cm.encode_words(enc, codes, _FAMILY); field = bytes.fromhex(cm.identity[:2 * ID_BYTES])
+    else:
+        if model == 'ctx' and flags is None: flags = ctx_flags(codes, spec)
+        plan, flat = channel_plan(spec, model, flags), codes.reshape(len(codes), -1)
+        def step(ch, pos, pred, probs):
+            r = ((flat[ch, pos] - pred) % K).astype(np.int32)
+            enc.encode(r, _FAMILY, probs()); return r
+        _run(codes.shape, plan, step)
+        field = np.packbits(np.array(flags, np.uint8), bitorder='little').tobytes() if model == 'ctx' else b''
     crc = zlib.crc32(codes.astype(np.uint8).tobytes())
     return bytes([_BYTE[model]]) + field + struct.pack('<I', crc) + enc.get_compressed().astype('<u4').tobytes()
 
-def estimate_bits(codes, spec:str|CodecSpec, model:str='ctx', flags=None) -> float:
-    "The model's ideal code length of `codes` in bits (sum of -log2 p); the range-coded words come within a few bits of it."
+def channel_bits(codes, # (Cbar, h, w) integer index map
+                 spec:str|CodecSpec, model:str='ctx', flags=None, cmodel=None) -> np.ndarray: # as `encode_indices`
+    "Per latent channel, the model's ideal code length of `codes` in bits (sum of -log2 p)."
     codes, spec = _check_map(codes, spec), parse_spec(spec)
-    if model == 'ctx' and flags is None: return float(_choose(codes, spec)[1].sum())
-    return float(_bits(codes, channel_plan(spec, model, flags)).sum())
+    if model == LEARNED: return _learned(cmodel, spec).code_bits(codes)
+    if model == 'ctx' and flags is None: return _choose(codes, spec)[1]
+    return _bits(codes, channel_plan(spec, model, flags))
+
+def estimate_bits(codes, spec:str|CodecSpec, model:str='ctx', flags=None, cmodel=None) -> float:
+    "The model's ideal code length of `codes` in bits (sum of -log2 p); the range-coded words come within a few bits of it."
+    return float(channel_bits(codes, spec, model, flags, cmodel).sum())
 
 # %% ../nbs/13b_entropy.ipynb #5d19127e
 def _corrupt(msg): return ValueError(f"corrupted entropy-coded stream: {msg}")
 
 def _check_stream(data:bytes, spec:CodecSpec, shape:tuple) -> tuple:
-    "The model, flags and header length of a stream; refuse one whose framing, model byte, flags or length cannot be right for a (Cbar, h, w) = `shape` map of `spec`."
+    "The model, flags (or 'learned' model id) and header length of a stream; refuse one whose framing, model byte, flags or length cannot be right for a (Cbar, h, w) = `shape` map of `spec`."
     C, h, w = shape
     if C != spec.cbar or h < 1 or w < 1: raise ValueError(f"entropy coding: a {spec} index map is ({spec.cbar}, h, w), got shape {tuple(shape)}")
     if not data: raise _corrupt("0 bytes, no model byte")
     if data[0] not in _READS: raise _corrupt(f"model byte {data[0]} (known: {', '.join(map(str, _READS))})")
     head = _head(data[0], C)
     if len(data) < head or (len(data) - head) % 4: raise _corrupt(f"{len(data)} bytes, expected {head} + a multiple of 4")
-    bits = np.unpackbits(np.frombuffer(data[1:head - 4], np.uint8), bitorder='little')
+    bits = np.unpackbits(np.frombuffer(data[1:head - 4], np.uint8), bitorder='little') if data[0] == 3 else np.zeros(0, np.uint8)
     if bits[C:].any(): raise _corrupt(f"flag field {data[1:head - 4].hex()} sets bits past the {C} channels")
     if C * h * w * MIN_BITS > 8 * (len(data) - head) + 64: raise _corrupt(f"{len(data)} bytes cannot hold the {C * h * w} codes of a {h}x{w} patch map")
-    return _READS[data[0]], (bits[:C] if data[0] == 3 else None), head
+    return _READS[data[0]], (bits[:C] if data[0] == 3 else data[1:head - 4].hex() if data[0] == 4 else None), head
 
 def decode_indices(data:bytes, # a stream written by `encode_indices`
                    spec:str|CodecSpec, # the codec spec
                    shape:tuple, # (Cbar, h, w) of the map, from the image size
+                   cmodel=None, # a 'learned' stream: the context model it names
                   ) -> np.ndarray: # (Cbar, h, w) uint8
     "The index map of an entropy-coded stream, bit-identical to the encoder's; ValueError for any corrupted stream."
     spec, data = parse_spec(spec), bytes(data)
     model, flags, head = _check_stream(data, spec, shape)
+    if model == LEARNED:
+        if cmodel is None: raise ValueError(f"this stream was coded with the learned context model {flags}: decoding needs it (cmodel=)")
+        cm = _learned(cmodel, spec)
+        if cm.identity[:2 * ID_BYTES] != flags: raise ValueError(f"this stream was coded with the learned context model {flags}, not with {cm.identity[:2 * ID_BYTES]}")
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4', offset=head).astype(np.uint32))
     def step(ch, pos, pred, probs): return dec.decode(_FAMILY, probs()).astype(np.int64)
-    try: x = _run(tuple(shape), channel_plan(spec, model, flags), step).astype(np.uint8)
+    try:
+        if model == LEARNED: x = cm.decode_words(dec, tuple(shape), _FAMILY).astype(np.uint8)
+        else: x = _run(tuple(shape), channel_plan(spec, model, flags), step).astype(np.uint8)
     except (ValueError, RuntimeError, AssertionError) as e: raise _corrupt(str(e)) from None  # constriction raises AssertionError on data invalid for the model
     if zlib.crc32(x.tobytes()) != struct.unpack_from('<I', data, head - 4)[0]: raise _corrupt("the decoded index map fails its checksum")
     if not dec.maybe_exhausted(): raise _corrupt("data left over after the last code")
@@ -210,8 +237,13 @@ class EntropyCodec(ModelCodec):
     "The model-based codec with an entropy-coded index map: the same latents and decoded image as `ModelCodec`, fewer bytes."
     name, tag = 'ec', 'ECOD'
     def __init__(self, codec:str|Path|Codec, # a shipped spec, a codec file or a Codec
-                 model:str='ctx'): # entropy model the encoder uses (the decoder reads it from the stream)
-        super().__init__(codec); channel_plan(self.codec.spec, model); self.model = model
+                 model:str='auto'): # the encoder's entropy model; 'auto': 'learned' where a context model ships for the codec, else 'ctx' (the decoder reads it from the stream)
+        super().__init__(codec)
+        if model not in MODELS + (LEARNED, 'auto'): raise ValueError(f"entropy model {model!r} is not one of {', '.join(MODELS + (LEARNED, 'auto'))}")
+        from mbldm.context_model import shipped_context_model  # here: notebook 13c's module imports this one
+        self.cmodel = shipped_context_model(self.codec)
+        if model == LEARNED and self.cmodel is None: raise ValueError(f"no learned context model ships for codec {self.codec.spec} {self.codec.identity[:12]}")
+        self.model = model if model != 'auto' else LEARNED if self.cmodel is not None else 'ctx'
     def __repr__(self): return f"EntropyCodec({self.spec()!r})"
 
 def ec_codec(s:str) -> tuple:
@@ -222,11 +254,15 @@ def ec_codec(s:str) -> tuple:
 @patch
 def encode(self:EntropyCodec, x:Tensor, rate=None) -> bytes:
     self.check_rate(rate)
-    return encode_indices(self.codec.encode(_one(x, 'ec.encode'))[0], self.codec.spec, self.model)
+    return encode_indices(self.codec.encode(_one(x, 'ec.encode'))[0], self.codec.spec, self.model, cmodel=self.cmodel if self.model == LEARNED else None)
 
 @patch
 def decode(self:EntropyCodec, data:bytes, rate, size:tuple) -> Tensor:
-    codes = decode_indices(data, self.codec.spec, self.shape(size))
+    cm = self.cmodel
+    if data[:1] == bytes([_BYTE[LEARNED]]) and len(data) >= 1 + ID_BYTES:  # a stream coded with an earlier context model: the archived one
+        from mbldm.context_model import shipped_context_model
+        cm = shipped_context_model(self.codec, data[1:1 + ID_BYTES].hex())
+    codes = decode_indices(data, self.codec.spec, self.shape(size), cm)
     return self.codec.decode(torch.from_numpy(codes).long()[None], size=tuple(size))[0]
 
 @patch
