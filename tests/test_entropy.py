@@ -80,7 +80,9 @@ def test_container_file_size_and_identity(tmp_path):
     data = compress(img, 'OPQ-32-8-8+ec')
     hd = read_header(data)
     assert (hd.kind, hd.spec, list(hd.sections)) == ('ec', 'OPQ-32-8-8', ['ECOD'])
-    est = estimate_bits(codec.encode(img)[0], codec.spec) / 8 + _head(3, 6) + header_bytes('ec', 'OPQ-32-8-8')
+    ec = EntropyCodec('OPQ-32-8-8')  # 'learned' where a context model ships for the codec, else 'ctx'
+    o, n = hd.sections['ECOD']; assert data[o] == {'ctx': 3, 'learned': 4}[ec.model]
+    est = estimate_bits(codec.encode(img)[0], codec.spec, ec.model, cmodel=ec.cmodel) / 8 + _head(data[o], 6) + header_bytes('ec', 'OPQ-32-8-8')
     assert abs(len(data) - est) <= 0.01 * est, (len(data), est)
     assert torch.equal(decompress(data), decompress(compress(img, 'OPQ-32-8-8')))  # the fixed-rate codec's image, bit for bit
     assert len(data) < 0.8 * len(compress(img, 'OPQ-32-8-8'))
