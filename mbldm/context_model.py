@@ -196,16 +196,20 @@ def _whole(h:int, w:int) -> tuple:
     "The anti-diagonals of `causal_geometry(h, w)` joined: every position in coding order."
     return tuple(np.concatenate(a) for a in zip(*causal_geometry(h, w)))
 
-@patch
-def encode_words(self:ContextModel, enc, codes:np.ndarray, family) -> None:
-    "Range-code the checked (C, h, w) map `codes` with `cm`: channel by channel, each in anti-diagonal order (vectorised: every context is known)."
+def _known(self:ContextModel, codes:np.ndarray):
+    "Every code of the checked (C, h, w) map `codes` in coding order, in chunks: (channel, codes (n,), their (n, K) frequencies)."
     C, h, w = codes.shape; x = _flat(C, h, w); x[:, :h * w] = codes.reshape(C, -1)
     pos, ia, ib, ic, nb = _whole(h, w)
     for ch in range(C):
         for s in range(0, len(pos), CHUNK):
             sl = slice(s, s + CHUNK)
             f, m = _features(x, ch, pos[sl], ia[sl], ib[sl], ic[sl], nb[sl])
-            enc.encode(x[ch, pos[sl]].astype(np.int32), family, self.freqs(ch, f, m))
+            yield ch, x[ch, pos[sl]], self.freqs(ch, f, m)
+
+@patch
+def encode_words(self:ContextModel, enc, codes:np.ndarray, family) -> None:
+    "Range-code the checked (C, h, w) map `codes`: channel by channel, each in anti-diagonal order (vectorised: every context is known)."
+    for ch, t, p in _known(self, codes): enc.encode(t.astype(np.int32), family, p)
 
 @patch
 def decode_words(self:ContextModel, dec, shape:tuple, family) -> np.ndarray:
@@ -219,16 +223,11 @@ def decode_words(self:ContextModel, dec, shape:tuple, family) -> np.ndarray:
 
 @patch
 def code_bits(self:ContextModel, codes:np.ndarray) -> np.ndarray:
-    "Per latent channel, the ideal code length in bits of the checked map `codes` under `cm`."
-    C, h, w = codes.shape; x = _flat(C, h, w); x[:, :h * w] = codes.reshape(C, -1)
-    pos, ia, ib, ic, nb = _whole(h, w); out = np.zeros(C)
-    for ch in range(C):
-        for s in range(0, len(pos), CHUNK):
-            sl = slice(s, s + CHUNK)
-            f, m = _features(x, ch, pos[sl], ia[sl], ib[sl], ic[sl], nb[sl])
-            p = self.freqs(ch, f, m); t = x[ch, pos[sl]]
-            out[ch] -= np.log2(p[np.arange(len(t)), t] / p.sum(1)).sum()
+    "Per latent channel, the ideal code length in bits of the checked map `codes` (sum of -log2 p)."
+    out = np.zeros(codes.shape[0])
+    for ch, t, p in _known(self, codes): out[ch] -= np.log2(p[np.arange(len(t)), t] / p.sum(1)).sum()
     return out
+
 
 # %% ../nbs/13c_context_model.ipynb #70ca9a4f
 def training_set(maps:list, ch:int) -> tuple:
