@@ -18,9 +18,9 @@ from .quantizers import Quantizer, K
 from .tracking import progress
 
 # %% auto #0
-__all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'CodecSpec', 'parse_spec', 'image_planes', 'channel_vectors',
-           'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'archive_dir', 'pretrained_codecs',
-           'archived_codecs', 'load_codec']
+__all__ = ['PATCH', 'CHANNELS', 'CODEC_META_KEY', 'CODEC_FORMAT', 'TABLE1_CODECS', 'CodecSpec', 'parse_spec', 'image_planes',
+           'channel_vectors', 'Codec', 'fit_codec', 'ordering_pairs', 'pretrained_dir', 'archive_dir',
+           'pretrained_codecs', 'archived_codecs', 'load_codec']
 
 # %% ../nbs/11_codec.ipynb #36984d37
 PATCH = 8  # patch side s
@@ -237,9 +237,14 @@ def archive_dir() -> Path:
     "Folder of the earlier shipped codecs, `<spec>-<identity[:12]>.safetensors`, kept so their files still decode."
     return pretrained_dir()/'archive'
 
+TABLE1_CODECS = ('VQ-8-8-8', 'PQ-32-8-8', 'OPQ-32-8-8', 'RQ-32-8-8')  # the four codecs of the paper's Table 1
+
+def _rate_order(spec:str) -> tuple:
+    s = parse_spec(spec); return s.kind, sum(s.bits), s.bits
+
 def pretrained_codecs() -> list[str]:
-    "Specs of the shipped codecs."
-    return sorted(p.stem for p in pretrained_dir().glob('*.safetensors'))
+    "Specs of the shipped codecs, by quantizer kind, then bits per patch (the RQ ladder in rate order)."
+    return sorted((p.stem for p in pretrained_dir().glob('*.safetensors')), key=_rate_order)
 
 def archived_codecs(spec:str|CodecSpec|None=None) -> list[Path]:
     "Files of the earlier shipped codecs (of `spec`, or all), newest name order."
