@@ -133,3 +133,9 @@ def test_docs_build_fails_on_a_result_of_a_removed_experiment(tmp_path, monkeypa
     assert page["cells"][2]["metadata"] == {"tags": ["hide-input"]}       # papermill's injected parameters, folded
     assert page["cells"][3]["outputs"][0]["text"] == "20.71 dB\n"          # outputs kept, nothing re-executed
     assert "[Train the refiner](results/ok.ipynb)" in bd.results_index([(f, nb)])
+
+def test_publish_result_takes_options_between_the_experiment_and_overrides(capsys):
+    "`publish_result.py EXP --config Y k=v`: parsed (here: refused for the unknown experiment, one line, exit 2), not an argparse error."
+    assert pr.main(['no_such_experiment', '--config', 'c.yaml', 'steps=3']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('publish_result: ') and 'no_such_experiment' in err and 'unrecognized' not in err

@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument('--config', help='YAML config (e.g. a shipped *_paper.yaml)')
     ap.add_argument('--name', help='page name (default: the experiment, plus the config stem)')
     ap.add_argument('--allow-dirty', action='store_true', help='run even if the work tree has uncommitted changes')
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # options may come between the experiment and its key=value overrides
     sys.path.insert(0, str(ROOT))
     from mbldm.core import atomic_write
     from mbldm.experiments import run_experiment, experiment_path, new_run_dir, parse_overrides, ExperimentError
