@@ -28,7 +28,7 @@ __all__ = ['OFFSETS', 'ABSENT', 'Q', 'WMAX', 'AMAX', 'EXP_SHIFT', 'EXP_LEN', 'EX
 OFFSETS = ((0, -1), (-1, 0), (-1, -1), (0, -2), (-2, 0), (-2, 1), (-1, -2), (-2, -1))  # W, N, NW, WW, NN, NNE, NWW, NNW
 ABSENT = K  # the feature value of a neighbour outside the map
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)  # a few map sizes (a 1024x1024-patch map's geometry is about 100 MB)
 def causal_geometry(h:int, w:int) -> list:
     """Per anti-diagonal in coding order: flat positions, MED's left/upper/upper-left positions (as `_diagonals`),
     and the (n, len(OFFSETS)) flat positions of the neighbours, `h*w + 1` (a cell holding ABSENT) outside the map."""
@@ -191,7 +191,7 @@ def _flat(C:int, h:int, w:int) -> np.ndarray:
     "Codes of a (C, h, w) map, flat, with a cell of 0 (MED's origin) and one of ABSENT after each channel's h*w codes."
     x = np.zeros((C, h * w + 2), np.int64); x[:, -1] = ABSENT; return x
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)
 def _whole(h:int, w:int) -> tuple:
     "The anti-diagonals of `causal_geometry(h, w)` joined: every position in coding order."
     return tuple(np.concatenate(a) for a in zip(*causal_geometry(h, w)))
