@@ -8,7 +8,7 @@ import argparse, errno, io, json, logging, re, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_IMAGES', 'MAX_ENHANCE_PIXELS', 'demo', 'UsageError', 'main']
+__all__ = ['DEMO_IMAGES', 'MAX_ENHANCE_PIXELS', 'MAX_SEED', 'demo', 'UsageError', 'main']
 
 # %% ../nbs/14_cli.ipynb #4dafe3e6
 DEMO_IMAGES = ('astronaut', 'coffee', 'chelsea')
@@ -72,34 +72,65 @@ def _demo_figures(run, rows, shown, ncols):
 
 # %% ../nbs/14_cli.ipynb #25d100dd
 MAX_ENHANCE_PIXELS = 4_194_304  # 2048 x 2048: beyond this a CPU run of the 108M-parameter network takes too long
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+
+class UsageError(Exception):
+    "A problem on the command line the user can fix; printed as one line."
+
+class _Parser(argparse.ArgumentParser):
+    "argparse whose errors are one line for `main` to print (`mbldm X: error: ...`), not the usage text and an exit."
+    def error(self, message):
+        e = UsageError(f"{message} (see {self.prog} --help)"); e.prog = self.prog
+        raise e
+
+def _int(lo:int, hi:int|None=None):
+    "An argparse type: an integer in lo..hi (hi None: >= lo)."
+    def integer(s):
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo or (hi is not None and v > hi): raise argparse.ArgumentTypeError(f"must be {f'>= {lo}' if hi is None else f'in {lo}..{hi}'}, got {v}")
+        return v
+    return integer
+
+def _nonneg(s) -> float:
+    "An argparse type: a finite number >= 0."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 <= v < float('inf'): raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
 
 _DIRAC_STEPS = 'DIRAC-N: stop after step N of 100 (default 1, max fidelity; 100 with --late-start)'
 _DECODER_STEPS = ("diffusion steps of the diffusion decoder that applies: with --enhance DIRAC's (" + _DIRAC_STEPS +
                   "); else, for a cdc file, the CDC decoder's DDIM steps on its timestep list (default 65 for x-param models, 200 eps-param)")
+_NEEDS_DECODER = '; refused when no diffusion decoder applies (a file other than cdc, without --enhance)'
 
-def _dirac_args(p, steps_help:str=_DIRAC_STEPS):
-    "The DIRAC options shared by `enhance` and `decompress --enhance`."
-    p.add_argument('--steps', type=int, default=None, help=steps_help)
+def _dirac_args(p, decompress:bool=False):
+    "The DIRAC options shared by `enhance` and `decompress --enhance` (in `decompress`, also the CDC decoder's)."
+    p.add_argument('--steps', type=_int(1), default=None, help=(_DECODER_STEPS + _NEEDS_DECODER) if decompress else _DIRAC_STEPS)
     p.add_argument('--late-start', action='store_true', help='skip the first 80 of the 100 steps (at most 20 network calls)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the sampling noise (DIRAC; the CDC decoder\'s start noise)')
-    p.add_argument('--max-pixels', type=int, default=MAX_ENHANCE_PIXELS, help=f'refuse larger images (default {MAX_ENHANCE_PIXELS})')
+    p.add_argument('--seed', type=_int(0, MAX_SEED), default=None, help=("seed of the diffusion decoder's noise (DIRAC's; the CDC decoder's "
+                   "start noise), default 0" + _NEEDS_DECODER) if decompress else "seed of DIRAC's sampling noise (default 0)")
+    p.add_argument('--max-pixels', type=_int(1), default=None,
+                   help=(f'refuse larger images before a diffusion decoder runs (default {MAX_ENHANCE_PIXELS} with --enhance; for the '
+                         'CDC decoder no limit unless given)' + _NEEDS_DECODER) if decompress else f'refuse larger images (default {MAX_ENHANCE_PIXELS})')
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='mbldm', description='Diffusion models on compressed image representations.')
+    p = _Parser(prog='mbldm', description='Diffusion models on compressed image representations.')
     sub = p.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('compress', help='compress an image file to an .mbl file')
-    c.add_argument('input'); c.add_argument('-o', '--output', help='output file (default: INPUT with .mbl)')
+    c.add_argument('input'); c.add_argument('-o', '--output', help='output file (default: INPUT with .mbl; not an image extension)')
     c.add_argument('--codec', default='OPQ-32-8-8', help='jpeg:Q, webp:Q, a shipped model-based spec or a codec file (default OPQ-32-8-8)')
     d = sub.add_parser('decompress', help='decompress an .mbl file to a PNG')
     d.add_argument('input'); d.add_argument('-o', '--output', help='output PNG (default: INPUT with .png)')
-    d.add_argument('--codec', default=None, help='codec file; for a cdc file its checkpoint (default: the one the file names)')
+    d.add_argument('--codec', default=None, help="codec to decode with (default: the one the file names): the file's spec (an earlier "
+                   "release's model of it is found by the file's id), a codec file, or for a hyperprior or cdc file its checkpoint")
     d.add_argument('--enhance', default=None, metavar='CKPT', help='enhance the decoded image with a DIRAC checkpoint')
-    d.add_argument('--gamma', type=float, default=None, help='cdc files only: std of the start noise of the diffusion decoder (default 0.8; 0: deterministic)')
-    _dirac_args(d, _DECODER_STEPS)
+    d.add_argument('--gamma', type=_nonneg, default=None, help='cdc files only: std of the start noise of the diffusion decoder (default 0.8; 0: deterministic)')
+    _dirac_args(d, decompress=True)
     e = sub.add_parser('enhance', help='enhance an existing JPEG file with a DIRAC checkpoint (residual diffusion)')
     e.add_argument('input', help='a JPEG file'); e.add_argument('-o', '--output', required=True, help='output PNG')
     e.add_argument('--model', required=True, help='a DIRAC checkpoint folder')
-    e.add_argument('--quality', type=int, default=None, help="the JPEG's quality 1..100 (default: estimated from its quantization tables)")
+    e.add_argument('--quality', type=_int(1, 100), default=None, help="the JPEG's quality 1..100 (default: estimated from its quantization tables)")
     _dirac_args(e)
     m = sub.add_parser('demo', help='the main job on built-in defaults: codec report on sample images')
     m.add_argument('--out', default=None, help='run folder (default: runs/demo-<time>)')
@@ -110,29 +141,50 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('sample', help='turn a generative checkpoint (any kind that generates) into images')
     s.add_argument('checkpoint', help='a checkpoints folder (the newest step is used) or one step_* folder')
     s.add_argument('-o', '--out', required=True, help='folder for the PNG samples')
-    s.add_argument('-n', '--n', type=int, default=16, help='number of samples (default 16)')
+    s.add_argument('-n', '--n', type=_int(1), default=16, help='number of samples (default 16)')
     s.add_argument('--steps', default=None, help="sampling steps, e.g. 'ddim50' or '100' (default: all T ancestral steps)")
     s.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
-    s.add_argument('--eta', type=float, default=0., help='DDIM noise (with --sampler ddim)')
-    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--eta', type=_nonneg, default=None, help='DDIM noise (default 0); with --sampler ddim only')
+    s.add_argument('--seed', type=_int(0, MAX_SEED), default=0)
     s.add_argument('--refiner', default=None, help='a refiner checkpoint applied to every sample (Continuous + Refiner)')
-    s.add_argument('--temperature', type=float, default=None, help='categorical models: sampling temperature (0: argmax)')
-    s.add_argument('--no-ema', dest='ema', action='store_false', help='load the raw weights instead of the EMA weights')
+    s.add_argument('--temperature', type=_nonneg, default=None, help='categorical checkpoints only: sampling temperature (default 1; 0: argmax)')
+    s.add_argument('--no-ema', dest='ema', action='store_const', const=False, default=None,
+                   help='load the raw weights instead of the EMA weights (default: EMA, unless the config says the model was trained without)')
     sub.add_parser('experiments', help='list the shipped experiments')
     sub.add_parser('codecs', help='list the shipped codecs')
     return p
 
 # %% ../nbs/14_cli.ipynb #12805670
-class UsageError(Exception):
-    "A problem on the command line the user can fix; printed as one line."
+def _input(path) -> Path:
+    "`path` as an input file: it must exist and be a file."
+    p = Path(path)
+    if p.is_dir(): raise UsageError(f"{p} is a folder, not a file")
+    if not p.is_file(): raise FileNotFoundError(f"{p} does not exist")
+    return p
 
-def _output(path) -> Path:
-    "`path` as an output file, after checking that its folder exists and is a folder."
+def _image_suffixes() -> set:
+    "File name extensions of the image formats Pillow knows ('.png', '.jpg', '.webp', ...)."
+    from PIL import Image
+    Image.init(); return set(Image.registered_extensions())
+
+def _output(path, writes:str, # what is written there: 'png' (an image) or 'mbl' (an mbldm file)
+            src=None) -> Path: # the input file, which must not be overwritten
+    "`path` as an output file, after checking its folder, that its name does not promise another format, and that it is not `src`."
     p = Path(path); d = p.parent
     if not d.exists(): raise UsageError(f"output folder {d} does not exist (create it, or choose another -o)")
     if not d.is_dir(): raise UsageError(f"{d} is a file, not a folder, so {p} cannot be written there")
     if p.is_dir(): raise UsageError(f"{p} is a folder; give an output file name")
+    if src is not None and p.exists() and Path(src).exists() and p.samefile(src): raise UsageError(f"{p} is the input file; choose another -o")
+    ext = p.suffix.lower()
+    if ext != f'.{writes}' and ext in _image_suffixes():
+        what = 'a PNG image' if writes == 'png' else 'an mbldm file (.mbl), not an image'
+        raise UsageError(f"{p}: the output is {what}, but the name ends in {p.suffix}; name it .{writes}")
     return p
+
+def _out_folder(path, opt:str) -> Path|None:
+    "`path` as an output folder (made later if missing): it must not be a file."
+    if path is not None and Path(path).exists() and not Path(path).is_dir(): raise UsageError(f"{opt} {path} is a file, not a folder")
+    return path if path is None else Path(path)
 
 _TMP = re.compile(r'\.(.+)\.[0-9a-f]{12}\.tmp')  # atomic_write's temporary name for `name`
 _HINTS = {errno.ENOSPC: 'the disk is full: free some space or write elsewhere', errno.EROFS: 'read-only file system: write elsewhere',
@@ -160,9 +212,19 @@ def _stream_run_log():
     log = logging.getLogger('papermill'); log.addHandler(h); log.setLevel(logging.INFO)
     return h
 
+def _sample_options(a):
+    "Refuse the `sample` options this checkpoint or sampler would ignore."
+    from mbldm.checkpoints import read_config
+    if a.eta is not None and a.sampler != 'ddim': raise UsageError(f"--eta applies to --sampler ddim only (the {a.sampler} sampler has no eta)")
+    if a.temperature is not None:
+        kind = read_config(a.checkpoint)['kind']
+        if kind != 'categorical': raise UsageError(f"--temperature applies to categorical checkpoints only ({a.checkpoint} is a {kind} checkpoint)")
+    _out_folder(a.out, '-o')
+
 def _sample(a) -> str:
     from mbldm.checkpoints import sample_checkpoint
-    try: paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, eta=a.eta, seed=a.seed,
+    _sample_options(a)
+    try: paths = sample_checkpoint(a.checkpoint, a.out, n=a.n, steps=a.steps, sampler=a.sampler, eta=a.eta or 0., seed=a.seed,
                                    ema=a.ema, refiner=a.refiner,
                                    **({} if a.temperature is None else {'temperature': a.temperature}))
     except (ValueError, OSError, ImportError): raise
@@ -180,88 +242,103 @@ def _load_dirac(path):
     if kind != 'dirac': raise UsageError(f"{path}: a {kind} checkpoint, not a DIRAC model (train one with `mbldm run train_dirac`)")
     return load_dirac(path)
 
-def _check_pixels(h, w, a, name):
-    if a.max_pixels < 1: raise UsageError(f"--max-pixels must be >= 1, got {a.max_pixels}")
-    if h * w > a.max_pixels: raise UsageError(f"{name}: {w}x{h} is more than --max-pixels {a.max_pixels} pixels (raise the limit to enhance it)")
+def _seed(a) -> int: return 0 if a.seed is None else a.seed
+
+def _check_pixels(h, w, limit:int, name, what:str):
+    if h * w > limit: raise UsageError(f"{name}: {w}x{h} is more than --max-pixels {limit} pixels (raise the limit to {what})")
 
 def _enhance(a) -> str:
     from mbldm.core import read_image, write_png
     from mbldm.dirac import jpeg_quality, enhance_decoded
-    src, out = Path(a.input), _output(a.output)
-    if not src.is_file(): raise FileNotFoundError(f"{src} does not exist")
+    out, src = _output(a.output, 'png', a.input), _input(a.input)
     q, exact = jpeg_quality(src)  # also checks that it is a JPEG
-    if a.quality is not None:
-        if not 1 <= a.quality <= 100: raise UsageError(f"--quality must be in 1..100, got {a.quality}")
-        q, how = a.quality, 'given'
-    else: how = 'estimated' if exact else 'estimated, non-IJG tables'
+    q, how = (a.quality, 'given') if a.quality is not None else (q, 'estimated' if exact else 'estimated, non-IJG tables')
     model, method, c = _load_dirac(a.model)
     x_hat = read_image(src)
-    _check_pixels(*x_hat.shape[-2:], a, src)
-    y, note = enhance_decoded(model, method, c, x_hat, 'jpeg', q, a.steps, a.late_start, a.seed)
+    _check_pixels(*x_hat.shape[-2:], a.max_pixels or MAX_ENHANCE_PIXELS, src, 'enhance it')
+    y, note = enhance_decoded(model, method, c, x_hat, 'jpeg', q, a.steps, a.late_start, _seed(a))
     write_png(y, out)
     return f"{out}: {y.shape[-1]}x{y.shape[-2]}, JPEG quality {q} ({how}), {note}"
 
-def _decompress_enhance(a, out) -> str:
+def _refuse_unused(a, kind:str, src):
+    "Each diffusion option must reach a decoder of this file: those that would be ignored are refused in one line."
+    cdc, dirac = kind == 'cdc', a.enhance is not None
+    if a.gamma is not None and not cdc: raise UsageError(f"--gamma applies to cdc files only ({src} is a {kind} file)")
+    if a.late_start and not dirac: raise UsageError("--late-start needs --enhance CKPT (it is DIRAC's option)")
+    given = [o for o, v in (('--steps', a.steps), ('--seed', a.seed), ('--max-pixels', a.max_pixels)) if v is not None]
+    if given and not (cdc or dirac):
+        raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} a diffusion decoder: a cdc file, or --enhance CKPT "
+                         f"({src} is a {kind} file)")
+
+_CKPT_KINDS = ('hyperprior', 'cdc')  # file kinds whose spec is a checkpoint
+
+def _codec_arg(codec, kind:str, src):
+    "--codec for a file of `kind`; for a hyperprior or cdc file, its checkpoint with or without `kind:`."
+    from mbldm.basecodecs import CODECS
+    if codec is None or kind not in _CKPT_KINDS: return codec
+    prefix, sep, rest = codec.partition(':')
+    if sep and prefix.lower() == kind: codec = rest
+    elif sep and prefix.lower() in CODECS: raise UsageError(f"--codec {codec} is a {prefix} codec, but {src} is a {kind} file: give its {kind} checkpoint")
+    return codec if kind == 'cdc' else f"{kind}:{codec}"
+
+def _cdc_decoder(a, src, steps, ckpt):
+    "The CDC decoder of cdc file `src` with --gamma (default 0.8), `steps` and --seed; `ckpt` (from --codec): another checkpoint."
+    from mbldm.cdc import file_codec
+    return file_codec(src, 0.8 if a.gamma is None else a.gamma, steps, _seed(a), ckpt=ckpt)
+
+def _decompress_enhance(a, src, data, hd, codec, out) -> str:
     from mbldm.core import write_png
-    from mbldm.container import read_header, decompress
+    from mbldm.container import decompress
     from mbldm.basecodecs import CODECS
     from mbldm.dirac import enhance_decoded
-    src = Path(a.input)
-    if not src.is_file(): raise FileNotFoundError(f"{src} does not exist")
-    data = src.read_bytes(); hd = read_header(data, str(src))
-    _check_pixels(hd.height, hd.width, a, src)
+    _check_pixels(hd.height, hd.width, a.max_pixels or MAX_ENHANCE_PIXELS, src, 'enhance it')
     model, method, c = _load_dirac(a.enhance)
-    x_hat = decompress(data, _cdc_decoder(a, src, None) if hd.kind == 'cdc' else a.codec, name=str(src))
+    x_hat = decompress(data, _cdc_decoder(a, src, None, codec) if hd.kind == 'cdc' else codec, name=str(src))
     try: rate = CODECS[hd.kind].factory(hd.spec)[1]
     except ValueError: rate = None  # a codec file that is not shipped: no rate for the thresholds (the note says so)
-    y, note = enhance_decoded(model, method, c, x_hat, hd.kind, rate, a.steps, a.late_start, a.seed)
+    y, note = enhance_decoded(model, method, c, x_hat, hd.kind, rate, a.steps, a.late_start, _seed(a))
     write_png(y, out)
     return f"{out}: {y.shape[-1]}x{y.shape[-2]}, {hd.kind}:{hd.spec} enhanced, {note}"
 
-def _cdc_decoder(a, src, steps):
-    "The CDC decoder of cdc file `src` with --gamma (default 0.8), `steps` and --seed; --codec names another checkpoint."
-    from mbldm.cdc import file_codec
-    return file_codec(src, 0.8 if a.gamma is None else a.gamma, steps, a.seed, ckpt=a.codec)
-
 def _decompress(a, out) -> str:
     "`mbldm decompress`: each diffusion option goes to the decoder it belongs to, or is refused in one line."
-    from mbldm.container import read_header, decompress_file
-    src = Path(a.input)
-    if not src.is_file(): raise FileNotFoundError(f"{src} does not exist")
-    kind = read_header(src.read_bytes(), str(src)).kind
-    if a.gamma is not None and kind != 'cdc': raise UsageError(f"--gamma applies to cdc files only ({src} is a {kind} file)")
-    if a.gamma is not None and not a.gamma >= 0: raise UsageError(f"--gamma must be >= 0, got {a.gamma}")
-    if a.steps is not None and a.steps < 1: raise UsageError(f"--steps must be >= 1, got {a.steps}")
-    if a.enhance is not None: return _decompress_enhance(a, out)
-    if a.late_start: raise UsageError("--late-start needs --enhance CKPT (it is DIRAC's option)")
-    if kind != 'cdc':
-        if a.steps is not None: raise UsageError(f"--steps needs a diffusion decoder: a cdc file, or --enhance CKPT ({src} is a {kind} file)")
-        img = decompress_file(src, out, a.codec)
-        return f"{out}: {img.shape[-1]}x{img.shape[-2]}"
+    from mbldm.core import write_png
+    from mbldm.container import read_header, decompress
+    src = _input(a.input)
+    data = src.read_bytes(); hd = read_header(data, str(src))
+    _refuse_unused(a, hd.kind, src)
+    codec = _codec_arg(a.codec, hd.kind, src)
+    if a.enhance is not None: return _decompress_enhance(a, src, data, hd, codec, out)
+    if hd.kind != 'cdc':
+        write_png(decompress(data, codec, name=str(src)), out)
+        return f"{out}: {hd.width}x{hd.height}"
     from mbldm.cdc import default_steps
-    codec = _cdc_decoder(a, src, a.steps)
-    img = decompress_file(src, out, codec)
-    steps = a.steps or default_steps(codec.diffusion).removeprefix('linspace')
-    return f"{out}: {img.shape[-1]}x{img.shape[-2]}, cdc decoded with gamma {codec.gamma:g}, {steps} DDIM steps, seed {a.seed}"
+    if a.max_pixels is not None: _check_pixels(hd.height, hd.width, a.max_pixels, src, 'decode it')
+    c = _cdc_decoder(a, src, a.steps, codec)
+    write_png(decompress(data, c, name=str(src)), out)
+    steps = a.steps or default_steps(c.diffusion).removeprefix('linspace')
+    return f"{out}: {hd.width}x{hd.height}, cdc decoded with gamma {c.gamma:g}, {steps} DDIM steps, seed {c.seed}"
 
 def _cmd(a) -> str:
-    from mbldm.container import compress_file, decompress_file
+    from mbldm.container import compress_file
     if a.cmd == 'compress':
         from mbldm.container import read_header
         from mbldm.metrics import bpp_from_bytes
-        out = compress_file(a.input, _output(a.output or Path(a.input).with_suffix('.mbl')), a.codec)
+        src = _input(a.input)
+        out = compress_file(src, _output(a.output or src.with_suffix('.mbl'), 'mbl', src), a.codec)
         data = out.read_bytes(); hd = read_header(data, str(out))  # sizes from the file just written: no second decode
         return f"{out}: {len(data)} bytes, {bpp_from_bytes(len(data), hd.height, hd.width):.4f} bpp ({hd.kind}:{hd.spec})"
     if a.cmd == 'decompress':
-        return _decompress(a, _output(a.output or Path(a.input).with_suffix('.png')))
+        return _decompress(a, _output(a.output or Path(a.input).with_suffix('.png'), 'png', a.input))
     if a.cmd == 'enhance': return _enhance(a)
     if a.cmd == 'demo':
-        run = demo(a.out)
+        run = demo(_out_folder(a.out, '--out'))
         return f"report written to {run} (report.json, reconstructions.png, rd.png)"
     if a.cmd == 'run':
         from mbldm.experiments import run_experiment
+        run_dir = _out_folder(a.run_dir, '--run-dir')
         h = _stream_run_log()
-        try: return f"run folder: {run_experiment(a.experiment, a.config, a.param, a.run_dir, progress=False, log_output=True)}"
+        try: return f"run folder: {run_experiment(a.experiment, a.config, a.param, run_dir, progress=False, log_output=True)}"
         finally: logging.getLogger('papermill').removeHandler(h)
     if a.cmd == 'sample': return _sample(a)
     if a.cmd == 'experiments':
@@ -270,13 +347,16 @@ def _cmd(a) -> str:
     if a.cmd == 'codecs':
         from mbldm.codec import pretrained_codecs
         from mbldm.basecodecs import CODECS
-        return '\n'.join(pretrained_codecs() + [f"{k}:Q" for k in CODECS if k != 'mbl'])
+        return '\n'.join(pretrained_codecs() + [f"{k}: e.g. {r.example}" for k, r in CODECS.items() if k != 'mbl' and r.example])
+
+def _fail(prog:str, e:BaseException) -> int:
+    print(f"{prog}: error: {_message(e)}", file=sys.stderr); return 2
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mbldm` command."
     from mbldm.experiments import ExperimentError
-    args = _parser().parse_args(argv)
+    try: args = _parser().parse_args(argv)
+    except UsageError as e: return _fail(e.prog, e)
     try: print(_cmd(args))
-    except (ValueError, OSError, ImportError, UsageError, ExperimentError) as e:
-        print(f"mbldm {args.cmd}: error: {_message(e)}", file=sys.stderr); return 2
+    except (ValueError, OSError, ImportError, UsageError, ExperimentError) as e: return _fail(f"mbldm {args.cmd}", e)
     return 0

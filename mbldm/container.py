@@ -149,17 +149,26 @@ def read_header(data:bytes, name:str='data') -> Header:
 def _decoder(hd:Header, codec, name:str) -> tuple:
     "The codec and rate to decode `hd` with, checked against the file."
     want = f"{hd.kind}:{hd.spec}"
-    try:
-        bc, rate = CODECS[hd.kind].factory(hd.spec) if codec is None else (base_codec(codec)[0], None)
-        if codec is None and bc.identity != hd.identity: bc = bc.with_identity(hd.identity)  # an earlier (archived) model
-    except ValueError as e: raise CodecFileError(f"{name}: written with {want}, which is not available ({e}); pass its codec file") from None
+    missing = lambda e: CodecFileError(f"{name}: written with {want}, which is not available ({e}); pass its codec file")
+    try: bc, rate = CODECS[hd.kind].factory(hd.spec) if codec is None else (codec, None) if isinstance(codec, BaseCodec) else base_codec(codec)
+    except ValueError as e:
+        if codec is None: raise missing(e) from None
+        raise
     if bc.name != hd.kind: raise CodecFileError(f"{name}: a {hd.kind} file (written with {want}), but the decoder's codec is {bc!r}")
-    try: rate = bc.parse_rate(hd.spec) if codec is not None else rate
-    except ValueError as e: raise CodecFileError(f"{name}: {e}; pass the codec file it was written with") from None
+    spec_given = isinstance(codec, str) and not Path(codec).is_file() and bc.spec(rate) == hd.spec  # the file's spec, not one model
+    searched = bc.identity != hd.identity and (codec is None or spec_given)
+    if searched:
+        try: bc = bc.with_identity(hd.identity)  # an earlier (archived) model of this spec
+        except ValueError as e:
+            if codec is None: raise missing(e) from None
     if bc.identity != hd.identity:
         raise CodecFileError(f"{name}: written with codec {want} id {hd.identity.hex()}, but the decoder's codec {bc!r} has "
-                             f"id {bc.identity.hex()}; pass the codec file it was written with")
-    return bc, rate
+                             f"id {bc.identity.hex()}{f'; no shipped or archived {want} has the id of the file' if searched else ''}; "
+                             f"pass the codec file it was written with")
+    try: file_rate = bc.rates[0] if len(bc.rates) == 1 else bc.parse_rate(hd.spec)
+    except ValueError as e: raise CodecFileError(f"{name}: {e}") from None
+    if rate is not None and rate != file_rate: raise CodecFileError(f"{name}: written with {want}, but the codec given is {bc.name}:{bc.spec(rate)}")
+    return bc, file_rate
 
 def decompress(data:bytes, # the bytes of an mbldm file
                codec:str|Path|Codec|BaseCodec|None=None, # codec to decode with (default: the one the file names)

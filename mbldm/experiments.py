@@ -57,6 +57,7 @@ def load_config(path:str|Path) -> dict:
     path = Path(path)
     try: cfg = yaml.safe_load(path.read_text())
     except FileNotFoundError: raise FileNotFoundError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as e: raise ValueError(f"config file {path} is not a text (YAML) file ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e: raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     if cfg is None: return {}
     if not isinstance(cfg, dict): raise ValueError(f"config file {path} must be a mapping of parameter: value, got {type(cfg).__name__}")

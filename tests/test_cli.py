@@ -235,18 +235,26 @@ def test_decompress_cdc_gamma_steps_seed(tmp_path, png, capsys):
 def test_decompress_options_that_do_not_apply_are_refused(tmp_path, png, capsys):
     assert main(["compress", str(png), "-o", str(tmp_path/"j.mbl"), "--codec", "jpeg:30"]) == 0
     assert main(["compress", str(png), "-o", str(tmp_path/"c.mbl"), "--codec", "cdc:tiny"]) == 0
-    j, c = str(tmp_path/"j.mbl"), str(tmp_path/"c.mbl")
+    assert main(["compress", str(png), "-o", str(tmp_path/"o.mbl"), "--codec", "OPQ-32-8-8"]) == 0
+    j, c, o = str(tmp_path/"j.mbl"), str(tmp_path/"c.mbl"), str(tmp_path/"o.mbl")
     for args, msg in [([j, "--gamma", "0.5"], "--gamma applies to cdc files only"),
+                      ([o, "--seed", "1"], "--seed needs a diffusion decoder: a cdc file, or --enhance CKPT"),
+                      ([o, "--max-pixels", "100000"], "--max-pixels needs a diffusion decoder"),
                       ([j, "--gamma", "0.5", "--enhance", "ck"], "--gamma applies to cdc files only"),
                       ([j, "--steps", "3"], "--steps needs a diffusion decoder"),
                       ([j, "--late-start"], "--late-start needs --enhance"),
                       ([c, "--late-start"], "--late-start needs --enhance"),
-                      ([c, "--gamma", "-1"], "--gamma must be >= 0"),
-                      ([c, "--steps", "0"], "--steps must be >= 1"),
+                      ([j, "--seed", "3"], "--seed needs a diffusion decoder"),
+                      ([j, "--max-pixels", "9"], "--max-pixels needs a diffusion decoder"),
+                      ([j, "--steps", "2", "--seed", "3"], "--steps, --seed need a diffusion decoder"),
+                      ([c, "--max-pixels", "255"], "16x16 is more than --max-pixels 255 pixels (raise the limit to decode it)"),
+                      ([c, "--gamma", "-1"], "argument --gamma: must be a finite number >= 0, got -1"),
+                      ([c, "--steps", "0"], "argument --steps: must be >= 1, got 0"),
                       ([c, "--steps", "9000"], "cannot take 9000 steps")]:
         assert main(["decompress", *args, "-o", str(tmp_path/"y.png")]) == 2, args
         one_line(capsys, msg)
     assert not (tmp_path/"y.png").exists()
+    assert main(["decompress", c, "-o", str(tmp_path/"y.png"), "--max-pixels", "256", "--steps", "2", "--seed", "1"]) == 0  # a limit the CDC decoder honours
 
 def test_learned_codecs_print_no_library_warnings(tmp_path, png):
     "A fresh process compressing and decompressing with cdc:tiny prints its result lines and nothing else on stderr."
@@ -257,3 +265,142 @@ def test_learned_codecs_print_no_library_warnings(tmp_path, png):
     r = subprocess.run([sys.executable, '-W', 'default', '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'Warning' not in r.stderr, r.stderr
+
+
+# ---- no option is silently ignored; every bad input is one line, exit 2 ----------------------------------
+
+def _sampling_ckpt(root, ema=True):
+    "A tiny continuous checkpoint that samples (T=10, 8x8 latents of the shipped VQ-8-8-8); `ema=False`: trained without EMA."
+    import torch
+    from safetensors.torch import save_file
+    from mbldm.continuous import LatentDiffusion, model_config
+    from mbldm.checkpoints import save_config
+    from mbldm.unet import Unet, tiny
+    torch.manual_seed(0)
+    cfg = tiny(channels=3, dim=16, dim_mults=(1, 2), self_condition=True)
+    save_config(root, {**model_config(LatentDiffusion(T=10), cfg, (3, 8, 8), codec="VQ-8-8-8"), **({} if ema else {"ema": False})})
+    step = root/"step_0000001"; step.mkdir(); (step/"state.pt").write_bytes(b"")
+    for f in ("model.safetensors",) + (("ema.safetensors",) if ema else ()): save_file(Unet(cfg).state_dict(), step/f)
+    return root
+
+def test_sample_options_that_do_not_apply_are_refused(tmp_path, capsys):
+    ck = _sampling_ckpt(tmp_path/"ck")
+    run = lambda *opts: main(["sample", str(ck), "-o", str(tmp_path/"s"), "-n", "1", "--steps", "2", *opts])
+    assert run("--temperature", "0.5") == 2
+    one_line(capsys, "--temperature applies to categorical checkpoints only", f"({ck} is a continuous checkpoint)")
+    assert run("--eta", "0.5") == 2
+    one_line(capsys, "--eta applies to --sampler ddim only")
+    assert not (tmp_path/"s").exists()
+    assert run("--eta", "0.5", "--sampler", "ddim") == 0 and len(list((tmp_path/"s").glob("*.png"))) == 1
+
+def test_sample_honours_a_config_without_ema(tmp_path, capsys):
+    "A model trained without EMA (config `ema: false`) samples without --no-ema: the config decides, as in `load_model`."
+    ck = _sampling_ckpt(tmp_path/"ck", ema=False)
+    assert main(["sample", str(ck), "-o", str(tmp_path/"s"), "-n", "1", "--steps", "2"]) == 0, capsys.readouterr().err
+    assert (tmp_path/"s"/"sample_00000.png").is_file()
+
+LEGACY = Path(__file__).parent/"data"/"legacy-codec"
+
+def _with_identity(data, ident):
+    "The bytes of .mbl file `data` claiming codec identity `ident` (CRC fixed)."
+    import struct, zlib
+    from mbldm.container import read_header
+    hd = read_header(data); at = 5 + 1 + len(hd.kind) + 1 + len(hd.spec)
+    body = data[:at] + ident + data[at + 16:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+def test_explicit_spec_finds_the_archived_codec(tmp_path, capsys):
+    "--codec OPQ-32-8-8 (any spelling of the file's spec) decodes a file of an earlier OPQ-32-8-8 as the file's own lookup does."
+    from mbldm.codec import pretrained_dir
+    src = LEGACY/"OPQ-32-8-8.mbl"
+    assert main(["decompress", str(src), "-o", str(tmp_path/"auto.png")]) == 0
+    for spec in ("OPQ-32-8-8", "mbl:OPQ-32-8-8"):
+        assert main(["decompress", str(src), "-o", str(tmp_path/f"{spec}.png"), "--codec", spec]) == 0, capsys.readouterr().err
+        assert read_image(tmp_path/f"{spec}.png").equal(read_image(tmp_path/"auto.png"))
+    capsys.readouterr()
+    current = pretrained_dir()/"OPQ-32-8-8.safetensors"  # one model, not the family: its identity must be the file's
+    assert main(["decompress", str(src), "-o", str(tmp_path/"y.png"), "--codec", str(current)]) == 2
+    one_line(capsys, "id c2bf94f0a6d96cc9679d30e3f78d1ca7", "pass the codec file it was written with")
+    forged = tmp_path/"forged.mbl"; forged.write_bytes(_with_identity(src.read_bytes(), bytes(range(16))))
+    assert main(["decompress", str(forged), "-o", str(tmp_path/"y.png"), "--codec", "OPQ-32-8-8"]) == 2
+    err = one_line(capsys, f"id {bytes(range(16)).hex()}", "no shipped or archived mbl:OPQ-32-8-8 has the id of the file")
+    assert "but the decoder's codec ModelCodec('OPQ-32-8-8') has id " in err
+    assert main(["decompress", str(src), "-o", str(tmp_path/"y.png"), "--codec", "PQ-32-8-8"]) == 2  # another spec: not searched
+    one_line(capsys, "ModelCodec('PQ-32-8-8') has id")
+    assert not (tmp_path/"y.png").exists()
+
+def test_explicit_spec_must_be_the_files(tmp_path, png, capsys):
+    assert main(["compress", str(png), "-o", str(tmp_path/"j.mbl"), "--codec", "jpeg:30"]) == 0
+    assert main(["decompress", str(tmp_path/"j.mbl"), "-o", str(tmp_path/"a.png"), "--codec", "jpeg:30"]) == 0
+    assert main(["decompress", str(tmp_path/"j.mbl"), "-o", str(tmp_path/"b.png"), "--codec", "jpeg:50"]) == 2
+    one_line(capsys, "written with jpeg:30, but the codec given is jpeg:50")
+
+def test_learned_codec_checkpoint_with_or_without_kind(tmp_path, png, capsys):
+    "For a hyperprior or cdc file --codec is its checkpoint, spelled as compress takes it or as a folder; another kind is refused."
+    from mbldm.checkpoints import SHIPPED_DIR
+    assert main(["compress", str(png), "-o", str(tmp_path/"h.mbl"), "--codec", "hyperprior:tiny"]) == 0
+    assert main(["compress", str(png), "-o", str(tmp_path/"c.mbl"), "--codec", "cdc:tiny"]) == 0
+    h, c = str(tmp_path/"h.mbl"), str(tmp_path/"c.mbl")
+    for codec in ("hyperprior:tiny", "tiny", str(SHIPPED_DIR/"hyperprior"/"tiny")):  # the folder by another path: same weights, same id
+        assert main(["decompress", h, "-o", str(tmp_path/"h.png"), "--codec", codec]) == 0, capsys.readouterr().err
+    assert main(["decompress", c, "-o", str(tmp_path/"c.png"), "--codec", "cdc:tiny", "--steps", "2"]) == 0
+    assert main(["decompress", c, "-o", str(tmp_path/"d.png"), "--codec", str(SHIPPED_DIR/"cdc"/"tiny"), "--steps", "2"]) == 0
+    assert read_image(tmp_path/"c.png").equal(read_image(tmp_path/"d.png"))
+    capsys.readouterr()
+    assert main(["decompress", c, "-o", str(tmp_path/"e.png"), "--codec", "hyperprior:tiny"]) == 2
+    one_line(capsys, "--codec hyperprior:tiny is a hyperprior codec, but", "is a cdc file")
+
+def test_inputs_outputs_and_folders_are_one_line(tmp_path, png, jpg, capsys):
+    ck = _dirac_ckpt(tmp_path/"ck")
+    assert main(["compress", str(png), "-o", str(tmp_path/"x.mbl"), "--codec", "jpeg:30"]) == 0
+    (tmp_path/"folder.png").mkdir(); (tmp_path/"empty.mbl").write_bytes(b""); (tmp_path/"empty.png").write_bytes(b"")
+    (tmp_path/"bin.yaml").write_bytes(b"\x89PNG\x00\xff")
+    mbl, out = str(tmp_path/"x.mbl"), str(tmp_path/"out.png")
+    cases = [
+        (["compress", str(tmp_path/"folder.png")], "folder.png is a folder, not a file"),
+        (["compress", str(tmp_path/"empty.png"), "-o", str(tmp_path/"e.mbl")], "empty file"),
+        (["compress", str(png), "-o", str(tmp_path/"x.jpg"), "--codec", "jpeg:30"], "the output is an mbldm file (.mbl), not an image, but the name ends in .jpg"),
+        (["compress", str(png), "-o", str(png)], "is the input file"),
+        (["decompress", str(tmp_path/"folder.png"), "-o", out], "folder.png is a folder, not a file"),
+        (["decompress", str(tmp_path/"empty.mbl"), "-o", out], "truncated (0 bytes)"),
+        (["decompress", str(png), "-o", out], "not an mbldm compressed file"),
+        (["decompress", mbl, "-o", str(tmp_path/"out.jpg")], "the output is a PNG image, but the name ends in .jpg; name it .png"),
+        (["decompress", mbl, "-o", mbl], "is the input file"),
+        (["decompress", str(tmp_path/"missing.mbl"), "-o", str(png)], "missing.mbl does not exist"),  # an existing -o: still the input's error
+        (["enhance", str(tmp_path/"folder.png"), "-o", out, "--model", str(ck)], "folder.png is a folder, not a file"),
+        (["enhance", str(jpg), "-o", str(tmp_path/"out.webp"), "--model", str(ck)], "the output is a PNG image, but the name ends in .webp"),
+        (["enhance", str(jpg), "-o", str(jpg), "--model", str(ck)], "is the input file"),
+        (["demo", "--out", str(png)], f"--out {png} is a file, not a folder"),
+        (["run", "train_continuous", "--run-dir", str(png)], f"--run-dir {png} is a file, not a folder"),
+        (["run", "train_continuous", "-f", str(tmp_path/"bin.yaml"), "--run-dir", str(tmp_path/"r")], "bin.yaml is not a text (YAML) file"),
+        (["sample", str(ck), "-o", str(png)], f"-o {png} is a file, not a folder"),
+    ]
+    for args, msg in cases:
+        assert main(args) == 2, args
+        one_line(capsys, msg)
+    assert not (tmp_path/"out.png").exists() and not (tmp_path/"r").exists() and read_image(png).shape == (3, 16, 16)
+
+@pytest.mark.parametrize("args,msg", [
+    (["decompress"], "mbldm decompress: error: the following arguments are required: input (see mbldm decompress --help)"),
+    (["decompress", "x.mbl", "--steps", "abc"], "argument --steps: expected an integer, got 'abc'"),
+    (["decompress", "x.mbl", "--seed", "-1"], "argument --seed: must be in 0..18446744073709551615, got -1"),
+    (["decompress", "x.mbl", "--seed", str(2**64)], "argument --seed: must be in 0..18446744073709551615"),
+    (["decompress", "x.mbl", "--gamma", "nan"], "argument --gamma: must be a finite number >= 0, got nan"),
+    (["decompress", "x.mbl", "--max-pixels", "0"], "argument --max-pixels: must be >= 1, got 0"),
+    (["enhance", "x.jpg", "-o", "y.png", "--model", "ck", "--quality", "101"], "argument --quality: must be in 1..100, got 101"),
+    (["enhance", "x.jpg", "--model", "ck"], "required: -o/--output"),
+    (["sample", "ck", "-o", "s", "-n", "0"], "argument -n/--n: must be >= 1, got 0"),
+    (["sample", "ck", "-o", "s", "--eta", "-0.5"], "argument --eta: must be a finite number >= 0"),
+    (["sample", "ck", "-o", "s", "--temperature", "inf"], "argument --temperature: must be a finite number >= 0, got inf"),
+    (["sample", "ck", "-o", "s", "--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+    (["nosuchcommand"], "mbldm: error: argument cmd: invalid choice: 'nosuchcommand'"),
+])
+def test_parse_errors_are_one_line(capsys, args, msg):
+    assert main(args) == 2
+    one_line(capsys, msg)
+
+def test_codecs_lists_spellings_that_work(capsys):
+    assert main(["codecs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "OPQ-32-8-8" in lines and "jpeg: e.g. jpeg:30" in lines and "cdc: e.g. cdc:tiny" in lines and "ec: e.g. OPQ-32-8-8+ec" in lines
+    assert not any(l.endswith(":Q") for l in lines)
