@@ -40,7 +40,7 @@ def test_registry_parses_user_specs(tmp_path):
     f = c.codec.save(tmp_path/"opq.safetensors")
     assert base_codec(str(f))[0].identity == c.identity
     for bad, msg in [("jpeg:abc", "integer"), ("jpeg:0", "not one of"), ("gif:3", "unknown codec 'gif'"),
-                     ("XQ-1-2-3", "codec spec"), ("RQ-24-8-8", "no shipped codec")]:
+                     ("XQ-1-2-3", "codec spec"), ("RQ-40-8-8", "no shipped codec")]:
         with pytest.raises(ValueError, match=msg): base_codec(bad)
 
 def test_learned_codecs_are_registered_lazily():
