@@ -120,8 +120,11 @@ def test_shipped_model_behind_ec(opq):
     assert torch.equal(decompress(data), decompress(compress(img, 'OPQ-32-8-8')))  # the fixed-rate codec's image, bit for bit
     assert estimate_bits(z, 'OPQ-32-8-8', LEARNED, cmodel=cm) < 0.95 * estimate_bits(z, 'OPQ-32-8-8', 'ctx')
     with pytest.raises(ValueError, match="which this mbldm does not have"): shipped_context_model(opq, 'deadbeefdeadbeef')
-    assert shipped_context_model(load_codec('VQ-8-8-8')) is None and EntropyCodec('VQ-8-8-8').model == 'ctx'
-    with pytest.raises(ValueError, match="no learned context model ships for codec VQ-8-8-8"): EntropyCodec('VQ-8-8-8', model=LEARNED)
+    from mbldm.codec import archived_codecs, pretrained_codecs
+    assert all(shipped_context_model(load_codec(s)) is not None for s in pretrained_codecs())  # every shipped codec has one
+    old = archived_codecs('OPQ-32-8-8')[0]  # a replaced codec: its identity has no model
+    assert shipped_context_model(load_codec(old)) is None and EntropyCodec(old).model == 'ctx'
+    with pytest.raises(ValueError, match="no learned context model ships for codec OPQ-32-8-8 c2bf94f0a6d9"): EntropyCodec(old, model=LEARNED)
 
 def test_stream_of_an_unknown_model_is_a_clear_file_error(opq):
     "A file whose stream names a context model this mbldm does not have: one CodecFileError naming the model, no decode."
