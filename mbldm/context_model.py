@@ -134,6 +134,7 @@ def _check_model(cm:ContextModel):
     C = cm.spec.cbar
     if len(cm.tensors) != C: raise ValueError(f"context model: {C} channels for {cm.spec}, got {len(cm.tensors)}")
     H = cm.tensors[0]['w2'].shape[-1] if cm.tensors else 0
+    if not 1 <= H <= 4096: raise ValueError(f"context model: hidden width {H} is outside 1..4096 (sums must stay exact in float64)")
     for ch, c in enumerate(cm.tensors):
         want = {'emb': ((n_features(ch) * (K + 1), H), torch.int16), 'b1': ((H,), torch.int32), 'w2': ((H, H), torch.int16),
                 'b2': ((H,), torch.int32), 'w3': ((2 * K, H), torch.int16), 'b3': ((2 * K,), torch.int32)}

@@ -96,6 +96,9 @@ def test_model_files_checked(tiny, tmp_path):
     with pytest.raises(ValueError, match="channel 0 'b1' must be torch.int32"): ContextModel('OPQ-32-8-8', tiny.codec_identity, bad, tiny.exp_t)
     with pytest.raises(ValueError, match="'exp' must be int64"): ContextModel('OPQ-32-8-8', tiny.codec_identity, tiny.tensors, tiny.exp_t * 4)
     with pytest.raises(ValueError, match="6 channels"): ContextModel('OPQ-32-8-8', tiny.codec_identity, tiny.tensors[:5], tiny.exp_t)
+    wide = [{k: torch.zeros((5000,) * (v.dim() if k != 'emb' and k != 'w3' else 1) if k in ('b1', 'b2', 'w2') else
+             ((v.shape[0], 5000) if k in ('emb', 'w3') else v.shape), dtype=v.dtype) for k, v in c.items()} for c in tiny.tensors]
+    with pytest.raises(ValueError, match="hidden width 5000 is outside"): ContextModel('OPQ-32-8-8', tiny.codec_identity, wide, tiny.exp_t)
     (tmp_path/'junk.safetensors').write_bytes(b'not a model')
     with pytest.raises(ValueError, match='is not a context model file'): load_context_model(tmp_path/'junk.safetensors')
     with pytest.raises(FileNotFoundError, match='no such file'): load_context_model(tmp_path/'missing.safetensors')
