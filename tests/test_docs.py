@@ -139,3 +139,11 @@ def test_publish_result_takes_options_between_the_experiment_and_overrides(capsy
     assert pr.main(['no_such_experiment', '--config', 'c.yaml', 'steps=3']) == 2
     err = capsys.readouterr().err
     assert err.startswith('publish_result: ') and 'no_such_experiment' in err and 'unrecognized' not in err
+
+def test_build_docs_help_and_bad_options_build_nothing(capsys, monkeypatch):
+    "`build_docs.py --help` prints its usage and exits 0, an unknown option exits 2; neither starts a build."
+    monkeypatch.setattr(bd, 'source_files', lambda *a: pytest.fail('a build started'))
+    with pytest.raises(SystemExit) as e: bd.main(['--help'])
+    assert e.value.code == 0 and '--reuse-proc' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e: bd.main(['--no-such-option'])
+    assert e.value.code == 2

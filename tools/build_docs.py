@@ -463,14 +463,18 @@ def check_site(order):
             problems.append(f"{f.relative_to(DOCS)} loads an external resource: {m.group(0)[:120]}")
     if problems: fail("the built site is incomplete or not offline", problems)
 
-def main():
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--reuse-proc', action='store_true', help='development only: convert the _proc/ of the last run again')
+    a = ap.parse_args(argv)
     t0 = time.time()
     os.chdir(ROOT)
     from nbdev.config import get_config
     cfg = get_config()
     nbs = ROOT/cfg.nbs_path.name
     files = source_files(nbs)
-    if '--reuse-proc' in sys.argv: problems = []  # development only: convert the `_proc/` of the last run again
+    if a.reuse_proc: problems = []  # development only: convert the `_proc/` of the last run again
     else: problems = nbdev_process(cfg, files)     # a notebook nbdev cannot process is left out, the rest is built
     t1 = time.time()
     order = convert(cfg, files)
