@@ -158,7 +158,7 @@ def sample_checkpoint(ckpt, # checkpoint folder (or folder of them) of a generat
                       steps=None, # None: all T steps; 'ddimN', N, ...
                       sampler:str='ddpm', eta:float=0., seed:int=0,
                       codec=None, # latent models: default the codec recorded with the model
-                      batch_size:int=16, device=None, ema:bool=True,
+                      batch_size:int=16, device=None, ema:bool|None=None, # None: as `use_ema` decides (the config's declaration, else EMA)
                       refiner=None, # a refiner checkpoint applied to every image (Continuous + Refiner)
                       **kw) -> list: # passed to the kind's `generate_images` (e.g. temperature)
     "Generate `n` images from a checkpoint into `out_dir/sample_XXXXX.png`; returns the paths."

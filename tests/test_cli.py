@@ -404,3 +404,10 @@ def test_codecs_lists_spellings_that_work(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "OPQ-32-8-8" in lines and "jpeg: e.g. jpeg:30" in lines and "cdc: e.g. cdc:tiny" in lines and "ec: e.g. OPQ-32-8-8+ec" in lines
     assert not any(l.endswith(":Q") for l in lines)
+
+def test_sample_checkpoint_api_honours_a_config_without_ema(tmp_path):
+    "`checkpoints.sample_checkpoint` without `ema=`: the config decides (here: raw weights, there is no EMA file), as the CLI does."
+    from mbldm.checkpoints import sample_checkpoint
+    ck = _sampling_ckpt(tmp_path/"ck", ema=False)
+    assert [p.name for p in sample_checkpoint(ck, tmp_path/"s", n=1, steps=2)] == ["sample_00000.png"]
+    with pytest.raises(Exception, match="ema"): sample_checkpoint(ck, tmp_path/"t", n=1, steps=2, ema=True)  # asked for, and missing
