@@ -114,16 +114,13 @@ class ContextModel:
         _check_model(self)
         self.channels = [{k: v.numpy().astype(np.int64) for k, v in c.items()} for c in self.tensors]
         self.exp = self.exp_t.numpy().astype(np.int64)
-    @property
-    def hidden(self) -> int: return self.tensors[0]['w2'].shape[1]
-    @property
-    def identity(self) -> str:
-        "SHA-256 (hex) of the spec, the codec's identity and every integer tensor."
         h = hashlib.sha256(f"{self.spec}|{self.codec_identity}".encode())
         for c in self.tensors:
             for k in _NAMES: h.update(c[k].numpy().tobytes())
         h.update(self.exp_t.numpy().tobytes())
-        return h.hexdigest()
+        self.identity = h.hexdigest()  # SHA-256 (hex) of the spec, the codec's identity and every integer tensor (once: the model is not changed)
+    @property
+    def hidden(self) -> int: return self.tensors[0]['w2'].shape[1]
     def __repr__(self): return f"ContextModel({str(self.spec)!r}, codec={self.codec_identity[:12]}, id={self.identity[:12]}, hidden={self.hidden})"
     def freqs(self, ch:int, f:np.ndarray, m:np.ndarray) -> np.ndarray:
         "(n, K) float64 integer frequencies of channel `ch`'s codes given features `f` and MED predictions `m`."

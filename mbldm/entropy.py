@@ -258,10 +258,10 @@ def encode(self:EntropyCodec, x:Tensor, rate=None) -> bytes:
 
 @patch
 def decode(self:EntropyCodec, data:bytes, rate, size:tuple) -> Tensor:
-    cm = self.cmodel
-    if data[:1] == bytes([_BYTE[LEARNED]]) and len(data) >= 1 + ID_BYTES:  # a stream coded with an earlier context model: the archived one
-        from mbldm.context_model import shipped_context_model
-        cm = shipped_context_model(self.codec, data[1:1 + ID_BYTES].hex())
+    cm, ident = self.cmodel, data[1:1 + ID_BYTES].hex()
+    if data[:1] == bytes([_BYTE[LEARNED]]) and len(ident) == 2 * ID_BYTES and (cm is None or not cm.identity.startswith(ident)):
+        from mbldm.context_model import shipped_context_model  # a stream coded with an earlier context model: the archived one
+        cm = shipped_context_model(self.codec, ident)
     codes = decode_indices(data, self.codec.spec, self.shape(size), cm)
     return self.codec.decode(torch.from_numpy(codes).long()[None], size=tuple(size))[0]
 
